@@ -1,0 +1,1 @@
+"""Firmware catalogue, bsdiff4 deltas, signed packages and OMA DL descriptors."""

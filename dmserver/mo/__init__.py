@@ -1,0 +1,1 @@
+"""Management objects: tree paths, FUMO, DevInfo and DevDetail."""

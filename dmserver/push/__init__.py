@@ -1,0 +1,1 @@
+"""Package 0 notifications, WAP Push over SMS and SMS gateway adapters."""

@@ -1,0 +1,1 @@
+"""Sans-IO SyncML DM session engine: authentication, statuses, command flow."""

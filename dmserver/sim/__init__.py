@@ -1,0 +1,1 @@
+"""dmsim: a feature phone that runs real OMA-DM sessions against the server."""

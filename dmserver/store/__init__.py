@@ -1,0 +1,1 @@
+"""Database models and access (SQLAlchemy), run off the reactor thread."""

@@ -1,0 +1,1 @@
+"""SyncML DM message model, codecs (XML, WBXML), codes and authentication digests."""

@@ -1,0 +1,1 @@
+"""Twisted web resources: /dm (SyncML), /dl (downloads, install notify), /api."""
