@@ -1,0 +1,65 @@
+"""SyncML status codes, alert codes and authentication scheme names.
+
+Values from the SyncML Representation Protocol and the OMA DM Protocol 1.2
+(status codes section and alert codes section).
+"""
+
+from enum import IntEnum
+
+
+class StatusCode(IntEnum):
+    IN_PROGRESS = 101
+    OK = 200
+    ACCEPTED_FOR_PROCESSING = 202
+    NON_AUTHORITATIVE = 203
+    NO_CONTENT = 204
+    AUTHENTICATION_ACCEPTED = 212
+    CHUNKED_ITEM_ACCEPTED = 213
+    OPERATION_CANCELLED = 214
+    NOT_EXECUTED = 215
+    ATOMIC_ROLLBACK_OK = 216
+    BAD_REQUEST = 400
+    INVALID_CREDENTIALS = 401
+    FORBIDDEN = 403
+    NOT_FOUND = 404
+    COMMAND_NOT_ALLOWED = 405
+    OPTIONAL_FEATURE_NOT_SUPPORTED = 406
+    MISSING_CREDENTIALS = 407
+    INCOMPLETE_COMMAND = 412
+    REQUEST_ENTITY_TOO_LARGE = 413
+    URI_TOO_LONG = 414
+    UNSUPPORTED_MEDIA_TYPE = 415
+    ALREADY_EXISTS = 418
+    DEVICE_FULL = 420
+    SIZE_MISMATCH = 424
+    PERMISSION_DENIED = 425
+    COMMAND_FAILED = 500
+    OPTIONAL_FEATURE_NOT_IMPLEMENTED = 501
+    SERVICE_UNAVAILABLE = 503
+    PROCESSING_ERROR = 506
+    ATOMIC_FAILED = 507
+    ATOMIC_ROLLBACK_FAILED = 516
+
+
+class AlertCode(IntEnum):
+    DISPLAY = 1100
+    CONFIRM_OR_REJECT = 1101
+    TEXT_INPUT = 1102
+    SINGLE_CHOICE = 1103
+    MULTIPLE_CHOICE = 1104
+    SERVER_INITIATED_MGMT = 1200
+    CLIENT_INITIATED_MGMT = 1201
+    NEXT_MESSAGE = 1222
+    SESSION_ABORT = 1223
+    CLIENT_EVENT = 1224
+    NO_END_OF_DATA = 1225
+    GENERIC_ALERT = 1226
+
+
+AUTH_BASIC = "syncml:auth-basic"
+AUTH_MD5 = "syncml:auth-md5"
+AUTH_MAC = "syncml:auth-MAC"
+
+
+def is_success(code: int) -> bool:
+    return 200 <= code < 300
