@@ -1,0 +1,77 @@
+"""Server assembly: configuration, the web site and the Twisted service.
+
+Both ``dmserver serve`` and ``twistd -n dmserver`` build the server here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.application import internet, service
+from twisted.web import resource, server
+
+from .session.service import ServerSettings
+from .store.db import Database
+from .web.dl import DownloadResource
+from .web.dm import DmResource
+
+DEFAULT_PORT = 8700
+DATA_DIR_ENV = "DMSERVER_DATA_DIR"
+DB_URL_ENV = "DMSERVER_DB"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV, "data"))
+
+
+def default_db_url(data_dir: Path) -> str:
+    return os.environ.get(DB_URL_ENV) or f"sqlite:///{data_dir.resolve() / 'dmserver.db'}"
+
+
+@dataclass
+class ServerConfig:
+    data_dir: Path
+    db_url: str
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    base_url: str | None = None  # public URL of this server, used in RespURI and downloads
+    server_id: str = "dmserver"
+    max_body: int = 1_048_576
+
+    def settings(self, port: int | None = None) -> ServerSettings:
+        base = self.base_url or f"http://{self.host}:{port or self.port}"
+        return ServerSettings(server_id=self.server_id, base_url=base.rstrip("/"), max_body=self.max_body)
+
+
+def open_database(config: ServerConfig) -> Database:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(config.db_url)
+    db.upgrade()
+    return db
+
+
+class _Root(resource.Resource):
+    def render_GET(self, request):
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"dmserver: POST SyncML DM to /dm; downloads under /dl/\n"
+
+
+def build_site(db: Database, config: ServerConfig, settings: ServerSettings) -> server.Site:
+    root = _Root()
+    root.putChild(b"dm", DmResource(db, settings))
+    root.putChild(b"dl", DownloadResource(db, settings, config.data_dir))
+    site = server.Site(root)
+    site.displayTracebacks = False
+    return site
+
+
+def make_service(config: ServerConfig, reactor=None) -> service.Service:
+    """A TCP service for twistd; the database pool starts with the reactor."""
+    if reactor is None:
+        from twisted.internet import reactor
+    db = open_database(config)
+    db.start_threadpool(reactor)
+    site = build_site(db, config, config.settings())
+    return internet.TCPServer(config.port, site, interface=config.host)

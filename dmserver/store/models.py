@@ -1,0 +1,160 @@
+"""SQLAlchemy table definitions.
+
+The schema itself is created and upgraded by the Alembic migrations in
+``dmserver/store/migrations``; these classes must match the latest revision
+(a test compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Device(Base):
+    """A provisioned handset and its DM account (the DMAcc of the device)."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128), unique=True)  # e.g. IMEI:...
+    client_username: Mapped[str] = mapped_column(String(128))
+    client_password: Mapped[str] = mapped_column(String(256))
+    server_password: Mapped[str] = mapped_column(String(256))
+    auth_scheme: Mapped[str] = mapped_column(String(32), default="syncml:auth-md5")
+    # Nonce the server issued to the client (client authenticates with it).
+    client_nonce: Mapped[bytes | None] = mapped_column(LargeBinary(64), nullable=True)
+    # Nonce the client issued to the server (server authenticates with it).
+    server_nonce: Mapped[bytes | None] = mapped_column(LargeBinary(64), nullable=True)
+    manufacturer: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    firmware_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    fumo_root: Mapped[str] = mapped_column(String(256), default="./FUMO")
+    msisdn: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    dev_info: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    jobs: Mapped[list[Job]] = relationship(back_populates="device")
+
+
+class Firmware(Base):
+    """A stored firmware image: one version of one model."""
+
+    __tablename__ = "firmware"
+    __table_args__ = (UniqueConstraint("model", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(String(1024))  # relative to the data directory
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Package(Base):
+    """A signed update package: a delta from one source version, or a full image."""
+
+    __tablename__ = "packages"
+    __table_args__ = (UniqueConstraint("model", "source_version", "target_version", "payload_type"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    source_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    target_version: Mapped[str] = mapped_column(String(128))
+    payload_type: Mapped[str] = mapped_column(String(16))  # "delta" | "full"
+    path: Mapped[str] = mapped_column(String(1024))  # relative to the data directory
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the package file: the ETag
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Job(Base):
+    """A durable FOTA job for one device; spans sessions until a result arrives."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_device_state", "device_pk", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    target_version: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(32))
+    # Random token in the job's download URLs and the Exec Correlator.
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    package_id: Mapped[int | None] = mapped_column(ForeignKey("packages.id"), nullable=True)
+    source_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    fumo_node: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    result_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    result_text: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    install_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    device: Mapped[Device] = relationship(back_populates="jobs")
+    package: Mapped[Package | None] = relationship()
+
+
+class JobEvent(Base):
+    """One step in a job's history (delivered, downloaded, result, ...)."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime)
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class DmSession(Base):
+    """Stored state of one DM session, so any server process can serve its next message."""
+
+    __tablename__ = "dm_sessions"
+    __table_args__ = (Index("ix_dm_sessions_device_sid", "device_id", "session_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    session_id: Mapped[str] = mapped_column(String(32))
+    state: Mapped[dict] = mapped_column(JSON, default=dict)
+    last_msg_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_request_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_reply: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    last_reply_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ended: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class TreeValue(Base):
+    """Last known value of a management tree node read from a device."""
+
+    __tablename__ = "tree_values"
+    __table_args__ = (UniqueConstraint("device_pk", "path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    path: Mapped[str] = mapped_column(String(512))
+    value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
