@@ -1,7 +1,7 @@
 """Tests for dmserver.fota.delta on the real libexpat firmware pair.
 
-Expected digests and sizes come from the corpus SHA256SUMS and README
-(copied into fixtures/firmware/PROVENANCE.md), not from the fixture files.
+Expected digests and sizes are the published values listed in
+fixtures/firmware/PROVENANCE.md, not values computed from the fixture files.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def test_make_delta_reproduces_target(images, delta):
     rebuilt = bsdiff4.patch(source, delta)
 
     assert hashlib.sha256(rebuilt).hexdigest() == U5_SHA256
-    # The corpus measured 31,976 bytes with bsdiff4 1.3.2; any version
-    # should stay far below the 186,472-byte target.
+    # bsdiff4 1.3.2 produces 31,976 bytes; any version should stay far
+    # below the 186,472-byte target.
     assert len(delta) < U5_SIZE // 4
 
 
@@ -156,9 +156,9 @@ def test_build_deltas_two_workers(tmp_path):
     calls: list[tuple[int, int, DeltaResult]] = []
 
     results = build_deltas(
-        jobs, max_workers=2, progress=lambda done, total, result: calls.append(
-            (done, total, result)
-        )
+        jobs,
+        max_workers=2,
+        progress=lambda done, total, result: calls.append((done, total, result)),
     )
 
     assert [result.job for result in results] == jobs

@@ -29,7 +29,7 @@ FULL = DownloadDescriptor(
     name="ACME-100 2.5.0-1+deb12u5",
     install_notify_uri="http://127.0.0.1:8080/dl/notify/abc",
     vendor="dmserver",
-    description="delta update of ACME-100 <u2> & \"u5\"",
+    description='delta update of ACME-100 <u2> & "u5"',
     next_url="http://127.0.0.1:8080/next",
     info_url="http://127.0.0.1:8080/info",
     icon_uri="http://127.0.0.1:8080/icon.png",
@@ -114,8 +114,8 @@ def test_parse_iop_descriptor():
 
 
 def test_parse_ignores_unknown_elements():
-    # The DD2 case of the same test code adds attributes a DL 1.0 agent
-    # does not know; they must be ignored, not rejected.
+    # The DD2 case of the same test code adds attributes unknown to a DL 1.0
+    # agent, which ignores them instead of rejecting the descriptor.
     data = IOP_DD1.replace(
         b"</media>",
         b"<license>x</license><foo:bar xmlns:foo='urn:x'>y</foo:bar>"
@@ -160,16 +160,28 @@ def test_parse_names_missing_element(missing):
         (b"<x:media xmlns:x='urn:other'/>", "root must be media"),
         (b"<media><type>a</type><objectURI/><size>1</size></media>", "objectURI"),
         (b"<media><type/><objectURI>u</objectURI><size>1</size></media>", "empty type"),
-        (b"<media><type>a</type><objectURI>u</objectURI><size>-1</size></media>",
-         "size"),
-        (b"<media><type>a</type><objectURI>u</objectURI><size>1,000</size></media>",
-         "size"),
-        (b"<media><type>a</type><objectURI>u</objectURI><size>1e3</size></media>",
-         "size"),
-        (b"<media><type>a</type><objectURI>u</objectURI><size>99999999999999999999"
-         b"</size></media>", "exceeds"),
-        (b"<media><type>a</type><objectURI>u</objectURI><objectURI>v</objectURI>"
-         b"<size>1</size></media>", "more than one objectURI"),
+        (
+            b"<media><type>a</type><objectURI>u</objectURI><size>-1</size></media>",
+            "size",
+        ),
+        (
+            b"<media><type>a</type><objectURI>u</objectURI><size>1,000</size></media>",
+            "size",
+        ),
+        (
+            b"<media><type>a</type><objectURI>u</objectURI><size>1e3</size></media>",
+            "size",
+        ),
+        (
+            b"<media><type>a</type><objectURI>u</objectURI><size>99999999999999999999"
+            b"</size></media>",
+            "exceeds",
+        ),
+        (
+            b"<media><type>a</type><objectURI>u</objectURI><objectURI>v</objectURI>"
+            b"<size>1</size></media>",
+            "more than one objectURI",
+        ),
         (b"<media>" + b"<a>" * 20 + b"</a>" * 20 + b"</media>", "deeper"),
     ],
     ids=[
@@ -218,7 +230,7 @@ def test_parse_rejects_internal_entity():
 
 def test_parse_rejects_entity_expansion_bomb():
     entities = b'<!ENTITY a0 "lol">' + b"".join(
-        b"<!ENTITY a%d \"&a%d;&a%d;&a%d;&a%d;\">" % (i, i - 1, i - 1, i - 1, i - 1)
+        b'<!ENTITY a%d "&a%d;&a%d;&a%d;&a%d;">' % (i, i - 1, i - 1, i - 1, i - 1)
         for i in range(1, 10)
     )
     data = (
@@ -286,8 +298,10 @@ def test_descriptor_rejects_invalid_fields():
         (b"900 Done and dusted", (900, "Done and dusted")),
         (b"  \r\n\t900 Success  \r\n", (900, "Success")),
         (b"900\tSuccess", (900, "Success")),
-        (b"902 User Cancelled\r\nContent-Type: text/plain\r\nX-Foo: 1\r\n",
-         (902, "User Cancelled")),
+        (
+            b"902 User Cancelled\r\nContent-Type: text/plain\r\nX-Foo: 1\r\n",
+            (902, "User Cancelled"),
+        ),
         (b"954 Loader Error \n\r", (954, "Loader Error")),
         (b"906", (906, "Invalid descriptor")),
         (b"951 Invalid DDVersion", (951, "Invalid DDVersion")),

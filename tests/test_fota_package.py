@@ -1,7 +1,7 @@
 """Tests for dmserver.fota.package on the real libexpat firmware pair.
 
-Expected digests come from the corpus SHA256SUMS (copied into
-fixtures/firmware/PROVENANCE.md), not from hashing the fixture files.
+Expected digests are the published SHA-256 sums listed in
+fixtures/firmware/PROVENANCE.md, not hashes of the fixture files.
 """
 
 from __future__ import annotations
@@ -76,7 +76,12 @@ def delta(images) -> bytes:
 def delta_manifest(images, delta) -> Manifest:
     source, target = images
     return Manifest.for_delta(
-        "ACME-100", "2.5.0-1+deb12u2", source, "2.5.0-1+deb12u5", target, delta,
+        "ACME-100",
+        "2.5.0-1+deb12u2",
+        source,
+        "2.5.0-1+deb12u5",
+        target,
+        delta,
         created=CREATED,
     )
 
@@ -100,7 +105,7 @@ def _manifest_end(package: bytes) -> int:
 # Round trip
 
 
-def test_delta_manifest_matches_corpus_sums(delta_manifest, delta):
+def test_delta_manifest_digests(delta_manifest, delta):
     assert delta_manifest.source_sha256 == U2_SHA256
     assert delta_manifest.source_size == U2_SIZE
     assert delta_manifest.target_sha256 == U5_SHA256
@@ -173,7 +178,7 @@ def test_header_layout(delta_package, delta_manifest, delta, keys):
 
 
 def test_manifest_is_canonical_json(delta_package):
-    manifest_bytes = delta_package[HEADER_SIZE:_manifest_end(delta_package)]
+    manifest_bytes = delta_package[HEADER_SIZE : _manifest_end(delta_package)]
     document = json.loads(manifest_bytes)
 
     assert list(document) == sorted(document)
@@ -182,7 +187,7 @@ def test_manifest_is_canonical_json(delta_package):
     assert document["source_sha256"] == U2_SHA256
 
 
-def test_signature_covers_header_manifest_digest(delta_package, delta, keys):
+def test_signature_input_layout(delta_package, delta, keys):
     """Verify with cryptography directly, following the documented input."""
     _, cert = keys
     manifest_end = _manifest_end(delta_package)
@@ -202,7 +207,7 @@ def test_signature_covers_header_manifest_digest(delta_package, delta, keys):
 # Tampering and malformation
 
 
-def test_every_header_and_manifest_flip_rejected(delta_package, keys):
+def test_header_manifest_flips_rejected(delta_package, keys):
     _, cert = keys
     for position in range(_manifest_end(delta_package)):
         for mask in (0x01, 0x80, 0xFF):
@@ -280,7 +285,7 @@ def test_trailing_bytes_rejected(delta_package, keys, extra):
         verify_package_stream(io.BytesIO(delta_package + extra), cert)
 
 
-def test_other_key_is_signature_invalid(delta_manifest, delta, keys, tmp_path):
+def test_other_key_rejected(delta_manifest, delta, keys, tmp_path):
     _, cert = keys
     other_key_path, _ = signing.init_keys(tmp_path)
     other_key = signing.load_private_key(other_key_path)
@@ -290,9 +295,7 @@ def test_other_key_is_signature_invalid(delta_manifest, delta, keys, tmp_path):
         verify_package(package, cert)
 
 
-def test_other_key_with_forged_key_id_is_signature_invalid(
-    delta_manifest, delta, keys
-):
+def test_forged_key_id_rejected(delta_manifest, delta, keys):
     key, cert = keys
     other_key = ec.generate_private_key(ec.SECP256R1())
     package = bytearray(build_package(delta_manifest, delta, other_key))
@@ -333,29 +336,30 @@ def _repack(package: bytes, manifest_bytes: bytes, key) -> bytes:
     manifest_end = _manifest_end(package)
     payload = package[manifest_end:-SIGNATURE_SIZE]
     header = (
-        package[:20]
-        + len(manifest_bytes).to_bytes(4, "big")
-        + package[24:HEADER_SIZE]
+        package[:20] + len(manifest_bytes).to_bytes(4, "big") + package[24:HEADER_SIZE]
     )
     message = header + manifest_bytes + hashlib.sha256(payload).digest()
     return header + manifest_bytes + payload + signing.sign_raw(key, message)
 
 
-def test_correctly_signed_bad_manifests_rejected(delta_package, keys):
+def test_signed_bad_manifests_rejected(delta_package, keys):
     key, cert = keys
-    manifest_bytes = delta_package[HEADER_SIZE:_manifest_end(delta_package)]
+    manifest_bytes = delta_package[HEADER_SIZE : _manifest_end(delta_package)]
     document = json.loads(manifest_bytes)
     compact = {"sort_keys": True, "separators": (",", ":")}
 
     cases = {
         "whitespace": json.dumps(document, sort_keys=True).encode(),
-        "unsorted": json.dumps(dict(reversed(document.items())),
-                               separators=(",", ":")).encode(),
+        "unsorted": json.dumps(
+            dict(reversed(document.items())), separators=(",", ":")
+        ).encode(),
         "unknown key": json.dumps({**document, "extra": 1}, **compact).encode(),
         "missing key": json.dumps(
             {k: v for k, v in document.items() if k != "model"}, **compact
         ).encode(),
-        "float size": manifest_bytes.replace(b'"payload_size":', b'"payload_size":1.5,"x":'),
+        "float size": manifest_bytes.replace(
+            b'"payload_size":', b'"payload_size":1.5,"x":'
+        ),
         "duplicate key": manifest_bytes[:-1] + b',"model":"ACME-100"}',
         "not an object": b"[1,2,3]",
         "bad utf-8": b'{"model":"\xff"}',
@@ -441,7 +445,7 @@ def test_build_rejects_payload_mismatch(delta_manifest, keys):
 # apply_package
 
 
-def test_apply_with_wrong_source_is_source_mismatch(delta_package, keys, images):
+def test_apply_wrong_source(delta_package, keys, images):
     _, cert = keys
     source, target = images
     manifest, payload = verify_package(delta_package, cert)
@@ -456,7 +460,7 @@ def test_apply_with_wrong_source_is_source_mismatch(delta_package, keys, images)
         apply_package(manifest, payload, altered)
 
 
-def test_apply_with_wrong_model_is_source_mismatch(delta_package, keys, images):
+def test_apply_wrong_model(delta_package, keys, images):
     _, cert = keys
     source, _ = images
     manifest, payload = verify_package(delta_package, cert)
@@ -465,7 +469,7 @@ def test_apply_with_wrong_model_is_source_mismatch(delta_package, keys, images):
         apply_package(manifest, payload, source, device_model="ACME-200")
 
 
-def test_apply_with_wrong_target_is_target_mismatch(images, delta, keys):
+def test_apply_wrong_target(images, delta, keys):
     key, cert = keys
     source, target = images
     wrong = Manifest.for_delta(
@@ -479,7 +483,7 @@ def test_apply_with_wrong_target_is_target_mismatch(images, delta, keys):
     assert excinfo.value.fumo_result_code == 410
 
 
-def test_apply_with_corrupt_delta_is_package_error(images, keys):
+def test_apply_corrupt_delta(images, keys):
     key, cert = keys
     source, target = images
     corrupt = bytearray(make_delta(source, target))

@@ -270,7 +270,9 @@ def test_key_id_and_signature_match_openssl(tmp_path):
         check=True,
         capture_output=True,
     ).stdout
-    assert signing.public_key_id(key.public_key()) == hashlib.sha256(spki_der).digest()[:8]
+    assert (
+        signing.public_key_id(key.public_key()) == hashlib.sha256(spki_der).digest()[:8]
+    )
 
     message = b"firmware package signature input"
     raw = signing.sign_raw(key, message)

@@ -115,8 +115,9 @@ def test_vendor_ranges(code, outcome, name):
     assert meaning.name == name
 
 
-@pytest.mark.parametrize("code", [-1, 0, 100, 201, 249, 300, 413, 449, 504, 549, 600,
-                                  900, 1200, 10_000])
+@pytest.mark.parametrize(
+    "code", [-1, 0, 100, 201, 249, 300, 413, 449, 504, 549, 600, 900, 1200, 10_000]
+)
 def test_unknown_codes_fail_without_exception(code):
     meaning = interpret_result_code(code)
 
@@ -135,7 +136,7 @@ def test_every_unassigned_code_is_unknown():
     "code, retryable",
     [
         (200, False),
-        (401, False),  # the user said no; do not ask again at once
+        (401, False),  # the user declined, so do not ask again at once
         (402, True),  # a fresh download may arrive intact
         (403, False),  # another package is needed
         (404, False),  # the signature or key must change

@@ -156,8 +156,9 @@ def build_descriptor(dd: DownloadDescriptor) -> bytes:
         if value is None:
             continue
         etree.SubElement(root, _dd(element)).text = str(value)
-    # lxml writes the declaration with single quotes; some handset parsers
-    # only accept the double-quoted form, so write it by hand.
+    # lxml would write the declaration with single quotes. The usual
+    # double-quoted form is written by hand, on the guess that simple
+    # string-matching parsers in old handsets expect it.
     body = etree.tostring(root, encoding="UTF-8", pretty_print=True)
     return XML_DECLARATION + body
 
@@ -184,12 +185,14 @@ def _parse_document(data: bytes) -> etree._Element:
     except etree.XMLSyntaxError as exc:
         raise DescriptorError(f"descriptor is not well-formed XML: {exc}") from exc
 
-    # A DOCTYPE is never needed in a descriptor and is how entity expansion
-    # and external fetches get in; reject it outright, declared entities
-    # unexpanded.
+    # A descriptor never needs a DOCTYPE, and a DOCTYPE is how entity
+    # expansion and external fetches get in, so any DTD is rejected. The
+    # parser has left declared entities unexpanded up to this point.
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None:
-        raise DescriptorError("descriptor contains a DTD (DOCTYPE), which is not allowed")
+        raise DescriptorError(
+            "descriptor contains a DTD (DOCTYPE), which is not allowed"
+        )
     for node in root.iter():
         if isinstance(node, etree._Entity):
             raise DescriptorError(
@@ -226,8 +229,8 @@ def _parse_size(text: str) -> int:
 
 
 def _check_dd_version(version: str) -> None:
-    # DL 1.0 agents accept any 1.x descriptor; another major version is
-    # what 951 Invalid DDVersion reports.
+    # Any 1.x DDVersion is read as compatible with 1.0. Another major
+    # version gets 951 Invalid DDVersion.
     major, _, _ = version.partition(".")
     if major != "1":
         raise DescriptorError(
@@ -241,9 +244,9 @@ def parse_descriptor(data: bytes) -> DownloadDescriptor:
     """Parse a download descriptor received from the network.
 
     The root must be ``media`` in the DD namespace. A root without a
-    namespace is accepted too, because some deployed servers omit it.
-    Elements this parser does not know are ignored, as OMA DL 1.0 requires
-    of a download agent.
+    namespace is accepted too, to be lenient with hand-written descriptors.
+    Elements this parser does not know are ignored, as the OMA DL 1.0
+    interoperability tests expect of a download agent.
 
     Raises:
         DescriptorError: oversize, not well-formed, has a DTD or entity,
@@ -255,7 +258,10 @@ def parse_descriptor(data: bytes) -> DownloadDescriptor:
     _check_depth(root)
 
     root_name = etree.QName(root)
-    if root_name.localname != "media" or root_name.namespace not in (DD_NAMESPACE, None):
+    if root_name.localname != "media" or root_name.namespace not in (
+        DD_NAMESPACE,
+        None,
+    ):
         raise DescriptorError(
             f"descriptor root must be media in the namespace {DD_NAMESPACE}, "
             f"got {root.tag}"

@@ -65,11 +65,14 @@ HEADER_STRUCT = struct.Struct(">8sHH8sIQ")
 HEADER_SIZE = HEADER_STRUCT.size  # 32
 SIGNATURE_SIZE = signing.RAW_SIGNATURE_SIZE  # 64
 
-# A manifest of all fields with 64-character strings is under 900 bytes;
-# 4 KiB leaves room and is small enough for a feature phone to buffer.
+# A manifest of all fields with 64-character strings encodes to 651 bytes
+# (ASCII) or 2,763 bytes (every character escaped as a surrogate pair);
+# 4 KiB covers both and is small enough for a feature phone to buffer.
 MAX_MANIFEST_SIZE = 4096
-# Largest image or payload accepted. Feature phone firmware images are tens
-# of megabytes; bsdiff4 needs several times the image size in memory.
+# Largest image or payload accepted. Diffing needs about 20 times the source
+# size in memory (bsdiff4 1.3.2 peaked at 90 MiB RSS on a 4.5 MiB image).
+# NOTE: 256 MiB is an estimate of the largest feature phone image, not a
+# figure from any handset vendor.
 MAX_IMAGE_SIZE = 256 * 1024 * 1024
 MAX_PAYLOAD_SIZE = MAX_IMAGE_SIZE
 MAX_TEXT_LENGTH = 64  # characters in model and version strings
@@ -172,8 +175,7 @@ class Manifest:
         for name, value in source_fields.items():
             if value is not None:
                 raise PackageError(
-                    f"manifest of a full package must have {name} null, "
-                    f"got {value!r}"
+                    f"manifest of a full package must have {name} null, got {value!r}"
                 )
         # The payload of a full package is the target image itself.
         if self.payload_size != self.target_size:
@@ -182,9 +184,7 @@ class Manifest:
                 f"target_size {self.target_size}"
             )
         if self.payload_sha256 != self.target_sha256:
-            raise PackageError(
-                "full package payload_sha256 differs from target_sha256"
-            )
+            raise PackageError("full package payload_sha256 differs from target_sha256")
 
     def _check_delta(self) -> None:
         self._check_text("source_version", self.source_version)
@@ -223,9 +223,7 @@ class Manifest:
     def _check_size(name: str, value: object, maximum: int) -> None:
         # bool is a subclass of int; JSON true must not pass as 1.
         if not isinstance(value, int) or isinstance(value, bool):
-            raise PackageError(
-                f"manifest {name} must be an integer, got {value!r}"
-            )
+            raise PackageError(f"manifest {name} must be an integer, got {value!r}")
         if not 0 <= value <= maximum:
             raise PackageError(
                 f"manifest {name} must be between 0 and {maximum}, got {value}"
@@ -407,8 +405,7 @@ def parse_header(data: bytes) -> PackageHeader:
     )
     if magic != MAGIC:
         raise PackageError(
-            f"not a dmserver firmware package: magic is {magic!r}, "
-            f"expected {MAGIC!r}"
+            f"not a dmserver firmware package: magic is {magic!r}, expected {MAGIC!r}"
         )
     if version != FORMAT_VERSION:
         raise PackageError(
@@ -504,8 +501,7 @@ def _split_package(data: bytes) -> tuple[PackageHeader, bytes, bytes, bytes]:
         )
     if len(data) > header.package_size:
         raise PackageError(
-            f"package has {len(data) - header.package_size} bytes after the "
-            "signature"
+            f"package has {len(data) - header.package_size} bytes after the signature"
         )
     manifest_end = HEADER_SIZE + header.manifest_length
     payload_end = manifest_end + header.payload_length
@@ -584,14 +580,14 @@ def verify_package(
     return manifest, payload
 
 
-def _read_exact(stream: BinaryIO, size: int, what: str) -> bytes:
+def _read_exact(stream: BinaryIO, size: int, section: str) -> bytes:
     chunks = []
     remaining = size
     while remaining:
         chunk = stream.read(min(remaining, STREAM_CHUNK_SIZE))
         if not chunk:
             raise PackageError(
-                f"package is truncated in the {what}: {size - remaining} of "
+                f"package is truncated in the {section}: {size - remaining} of "
                 f"{size} bytes read"
             )
         chunks.append(chunk)
@@ -608,7 +604,7 @@ def verify_package_stream(
 
     Memory use is bounded by the manifest limit and the chunk size, not
     the package size: the payload is hashed chunk by chunk and written to
-    ``payload_sink`` (if given). The sink then holds unverified bytes until
+    ``payload_sink`` (if given). The sink then contains unverified bytes until
     this function returns, so a caller must discard it on any exception.
 
     Returns:
@@ -690,8 +686,7 @@ def apply_package(
     """
     if device_model is not None and device_model != manifest.model:
         raise SourceMismatch(
-            f"package is for model {manifest.model!r}, the device is "
-            f"{device_model!r}"
+            f"package is for model {manifest.model!r}, the device is {device_model!r}"
         )
     if len(payload) != manifest.payload_size or (
         _sha256_hex(payload) != manifest.payload_sha256

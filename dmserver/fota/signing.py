@@ -56,8 +56,8 @@ SCALAR_SIZE = 32  # bytes in r and in s for P-256
 RAW_SIGNATURE_SIZE = 2 * SCALAR_SIZE
 KEY_ID_SIZE = 8  # leading bytes of SHA-256(SubjectPublicKeyInfo DER)
 
-# A certificate or key file larger than this is not a PEM key; the limit
-# keeps a wrong path (a firmware image, a log) from being read whole.
+# No PEM key or certificate is this large, so a larger file is a wrong path
+# (a firmware image, a log). The limit keeps it from being read whole.
 MAX_KEY_FILE_SIZE = 64 * 1024
 
 
@@ -198,15 +198,15 @@ def _write_file(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _read_key_file(path: Path, what: str) -> bytes:
+def _read_key_file(path: Path, kind: str) -> bytes:
     path = Path(path)
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise SigningKeyError(f"{what} {path} not found") from None
+        raise SigningKeyError(f"{kind} {path} not found") from None
     if size > MAX_KEY_FILE_SIZE:
         raise SigningKeyError(
-            f"{what} {path} is {size} bytes; a PEM {what} is at most "
+            f"{kind} {path} is {size} bytes, but a PEM {kind} is at most "
             f"{MAX_KEY_FILE_SIZE} bytes, so this is probably the wrong file"
         )
     return path.read_bytes()
@@ -222,11 +222,11 @@ def _describe_key(key: object) -> str:
     return f"a {kind}"
 
 
-def _check_curve(key: object, path: Path, what: str) -> None:
+def _check_curve(key: object, path: Path, kind: str) -> None:
     valid = isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey)
     if not valid or key.curve.name != CURVE_NAME:
         raise SigningKeyError(
-            f"{what} {path} contains {_describe_key(key)}; firmware signing needs "
+            f"{kind} {path} contains {_describe_key(key)}; firmware signing needs "
             f"an ECDSA P-256 ({CURVE_NAME}) key. Create one with init_keys()."
         )
 
@@ -274,8 +274,7 @@ def load_certificate(path: Path) -> x509.Certificate:
             cert = x509.load_der_x509_certificate(data)
     except ValueError as exc:
         raise SigningKeyError(
-            f"certificate {path} is not a valid PEM or DER X.509 "
-            f"certificate: {exc}"
+            f"certificate {path} is not a valid PEM or DER X.509 certificate: {exc}"
         ) from exc
     try:
         public_key = cert.public_key()
@@ -295,7 +294,7 @@ def to_public_key(
     """Return the P-256 public key of a public key, private key or certificate.
 
     Raises:
-        TypeError: the object is none of those.
+        TypeError: the argument is not one of those types.
         SigningKeyError: the key is not on P-256.
     """
     if isinstance(key_or_cert, x509.Certificate):

@@ -4,7 +4,7 @@ This module owns the names and numbers of FUMO 1.0
 (urn:oma:mo:oma-fumo:1.0): the Generic Alert types a device reports with,
 the State node values, and what each result code in a Generic Alert's Data
 means for a firmware job. It also maps OMA DL 1.0 install status codes to
-the closest FUMO result code. It holds no session or storage logic.
+the closest FUMO result code. It contains no session or storage logic.
 
 Result code names follow the result code table of the FUMO 1.0 technical
 specification (OMA-TS-DM-FUMO-V1_0), as reproduced in the Sierra Wireless
@@ -67,7 +67,7 @@ class FumoState(IntEnum):
 
 
 class JobOutcome(str, Enum):
-    """What a reported result code means for the firmware job."""
+    """Outcome of a firmware job, as decided by a reported result code."""
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -79,8 +79,8 @@ class ResultMeaning:
     """The interpretation of one FUMO result code.
 
     ``retryable`` is true when sending the same package to the same device
-    again, unchanged, may succeed (a transient network, server or user
-    condition); false when something must change first.
+    again, unchanged, may succeed because the cause was transient (network,
+    server or user). It is false when something must change first.
     """
 
     code: int
@@ -99,8 +99,7 @@ _RESULT_CODES: dict[int, tuple[JobOutcome, str, str, bool]] = {
     400: (
         _FAILED,
         "Management Client Error",
-        "Client error caused by user or device behaviour, with no more "
-        "specific code.",
+        "Client error caused by user or device behaviour, with no more specific code.",
         True,
     ),
     401: (
