@@ -22,6 +22,10 @@ Both: attribute values 0x85 ".com/", 0x86 ".edu/", 0x87 ".net/",
 0x88 ".org/". SI dates (created, si-expires) are OPAQUE: the digits of
 YYYYMMDDhhmmss packed two per octet, trailing zero octets dropped.
 
+The encoder uses the longest href prefix token. Kannel 1.4.5's compiler
+never uses the "www." prefix tokens, so its octets differ for such URLs;
+both forms decode to the same document.
+
 The parsers decode only what these documents use; the simulator follows
 the URL they carry.
 """
