@@ -7,6 +7,9 @@ make; the real Kannel is exercised in test_push_kannel.py.
 import email.parser
 import email.policy
 import json
+import os
+import shutil
+import tempfile
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.internet import defer, reactor
@@ -68,6 +71,13 @@ def raw_query(uri: bytes) -> dict[str, bytes]:
 
 
 class FileGatewayTests(unittest.TestCase):
+    def mktemp(self) -> str:
+        # trial's mktemp makes a path relative to the working directory,
+        # which under pytest is the repository.
+        directory = tempfile.mkdtemp(prefix="dmserver-push-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        return os.path.join(directory, "pushes")
+
     def test_writes_segments_and_reads_them_back(self):
         directory = self.mktemp()
         gateway = gateways.FileGateway(directory, clock=lambda: 1700000000.5)
