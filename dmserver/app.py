@@ -42,7 +42,12 @@ class ServerConfig:
 
     def settings(self, port: int | None = None) -> ServerSettings:
         base = self.base_url or f"http://{self.host}:{port or self.port}"
-        return ServerSettings(server_id=self.server_id, base_url=base.rstrip("/"), max_body=self.max_body)
+        return ServerSettings(
+            server_id=self.server_id,
+            base_url=base.rstrip("/"),
+            max_body=self.max_body,
+            data_dir=self.data_dir,
+        )
 
 
 def open_database(config: ServerConfig) -> Database:

@@ -25,6 +25,7 @@ from . import app
 from .syncml.codes import AUTH_BASIC, AUTH_MAC, AUTH_MD5
 
 AUTH_SCHEMES = {"md5": AUTH_MD5, "basic": AUTH_BASIC, "hmac": AUTH_MAC}
+DELIVERY_MODES = ("download", "inband")
 
 
 class CliError(Exception):
@@ -110,6 +111,9 @@ def _add_device(session, row: dict, now: datetime):
     scheme = AUTH_SCHEMES.get((row.get("auth") or "md5").strip().lower())
     if scheme is None:
         raise CliError(f"auth {row.get('auth')!r} for {device_id} is not one of {', '.join(AUTH_SCHEMES)}")
+    delivery = (row.get("delivery") or "download").strip().lower()
+    if delivery not in DELIVERY_MODES:
+        raise CliError(f"delivery {delivery!r} for {device_id} is not one of {', '.join(DELIVERY_MODES)}")
     if session.scalars(select(Device).where(Device.device_id == device_id)).first():
         raise CliError(f"device {device_id} is already provisioned")
     session.add(
@@ -122,6 +126,8 @@ def _add_device(session, row: dict, now: datetime):
             model=row.get("model") or None,
             msisdn=row.get("msisdn") or None,
             fumo_root=row.get("fumo_root") or "./FUMO",
+            delivery=delivery,
+            profile={},
             dev_info={},
             created_at=now,
         )
@@ -139,6 +145,7 @@ def cmd_device_add(args) -> int:
         "model": args.model,
         "msisdn": args.msisdn,
         "fumo_root": args.fumo_root,
+        "delivery": args.delivery,
     }
     db.call(lambda s: _add_device(s, row, _now()))
     print(f"dmserver: device {args.device_id} provisioned")
@@ -155,7 +162,7 @@ def cmd_device_import(args) -> int:
         if missing:
             raise CliError(
                 f"{path} lacks the column(s) {', '.join(sorted(missing))}; the header row must "
-                "name device_id,client_password,server_password[,client_username,auth,model,msisdn,fumo_root]"
+                "name device_id,client_password,server_password[,client_username,auth,model,msisdn,fumo_root,delivery]"
             )
         rows = list(reader)
     db = _db(args)
@@ -354,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--model", help="device model (also learned from ./DevInfo/Mod)")
     add.add_argument("--msisdn", help="phone number for push notifications")
     add.add_argument("--fumo-root", default="./FUMO", help="interior node holding the FUMO object")
+    add.add_argument(
+        "--delivery",
+        default="download",
+        choices=DELIVERY_MODES,
+        help="download: DownloadAndUpdate with a descriptor URL; inband: Update/PkgData in the session",
+    )
     add.set_defaults(func=cmd_device_add)
     imp = device.add_parser("import", help="provision devices from a CSV file")
     imp.add_argument("csv", help="CSV with header device_id,client_password,server_password,...")

@@ -24,13 +24,15 @@ Server side of a FOTA session (OMA DM 1.2 with FUMO 1.0):
 
 from __future__ import annotations
 
+import base64
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..syncml import auth
 from ..syncml.codes import AUTH_BASIC, AUTH_MAC, AUTH_MD5, AlertCode, StatusCode
 from ..syncml.model import Chal, Command, Cred, Item, Message, Meta, SyncHdr
+from .paging import Fitter, LargeObject, Planned
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ CLIENT_COMMANDS_NOT_SUPPORTED = frozenset({"Get", "Exec", "Delete", "Copy", "Ato
 # Number of failed authentications after which the session ends (the first
 # failure is re-challenged once).
 MAX_AUTH_FAILURES = 2
+# Purposes of server commands whose failure fails the job being delivered.
+JOB_PURPOSES = frozenset({"replace-pkgurl", "replace-pkgdata", "exec-update"})
 
 
 # ---------------------------------------------------------------------------
@@ -62,6 +66,8 @@ class DeviceAccount:
     server_nonce: bytes | None = None
     fumo_root: str = "./FUMO"
     model: str | None = None
+    delivery: str = "download"  # or "inband": Update/PkgData in the session
+    nonce_form: str | None = None  # "decoded" or "base64-text", once seen
 
 
 @dataclass
@@ -91,6 +97,13 @@ class Context:
     job: JobOffer | None = None
     hmac: auth.HmacHeader | None = None
     body: bytes = b""
+    # Encoder of the request's encoding, used to measure reply sizes against
+    # the client's MaxMsgSize; None sends every reply whole.
+    encode: Callable[[Message], bytes] | None = None
+    # Reads length bytes at offset of a stored object such as "package:12".
+    read_object: Callable[[str, int, int], bytes] | None = None
+    server_max_msg_size: int = 1_048_576
+    server_max_obj_size: int = 4_194_304
 
 
 @dataclass
@@ -114,6 +127,14 @@ class SessionState:
     fumo_node: str | None = None
     nonces: list[str] = field(default_factory=list)  # base64 of issued nonces
     ended: bool = False
+    client_max_msg_size: int | None = None
+    client_max_obj_size: int | None = None
+    # Server commands that did not fit in earlier messages (Planned.to_json).
+    outbox: list[dict] = field(default_factory=list)
+    # A large object being sent (LargeObject.to_json) or received.
+    large_out: dict | None = None
+    large_in: dict | None = None
+    client_auth_scheme: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,6 +166,11 @@ class DeviceInfoReceived:
 @dataclass
 class TreeValuesReceived:
     values: dict[str, tuple[int, str | None]]  # path -> (status, value)
+
+
+@dataclass
+class NonceFormDetected:
+    form: str  # "decoded" or "base64-text"
 
 
 @dataclass
@@ -239,10 +265,11 @@ def handle(message: Message, state: SessionState | None, ctx: Context) -> Outcom
     reply = _Reply()
     state.server_msg_id += 1
     sent_pending, state.pending = state.pending, {}
+    _note_client_limits(message, state)
 
     # Step 1: authenticate the client (or re-check a Cred it sends again).
     hdr_code, chal = _authenticate(message, state, ctx, effects)
-    hdr_status = reply.add(
+    reply.add(
         Command(
             name="Status",
             cmd_id="",
@@ -259,8 +286,8 @@ def handle(message: Message, state: SessionState | None, ctx: Context) -> Outcom
         # No command of an unauthenticated message is executed.
         if state.auth_failures >= MAX_AUTH_FAILURES or ctx.device is None:
             state.ended = True
-        return _finish(message, state, ctx, reply, effects, final=True)
-    del hdr_status
+        # After a re-challenge the client sends its package again.
+        return _finish(message, state, ctx, reply, effects, keep_open=not state.ended)
 
     # Step 2: answer every client command in order.
     abort = False
@@ -268,47 +295,126 @@ def handle(message: Message, state: SessionState | None, ctx: Context) -> Outcom
         abort = _process_client_command(message, command, state, ctx, reply, effects, sent_pending) or abort
     if abort or state.ended:
         state.ended = True
-        return _finish(message, state, ctx, reply, effects, final=True)
+        return _finish(message, state, ctx, reply, effects)
 
     # Step 3: a client package spread over several messages: ask for the rest.
     if not message.final:
         reply.add(Command(name="Alert", cmd_id="", data=str(AlertCode.NEXT_MESSAGE)))
-        state.pending = {}
-        return _finish(message, state, ctx, reply, effects, final=False)
+        return _finish(message, state, ctx, reply, effects, more_from_client=True)
 
-    # Step 4: the server's own commands for this package.
-    _plan_server_commands(state, ctx, reply, effects)
-    needs_reply = any(command.name != "Status" for command in reply.commands)
-    if not needs_reply:
-        state.ended = True
-    return _finish(message, state, ctx, reply, effects, final=True)
+    # Step 4: continue a large object or queued commands, else plan new ones.
+    large = LargeObject.from_json(state.large_out) if state.large_out else None
+    if large is not None and large.awaiting_ack:
+        # The client has not acknowledged the last chunk: do not send more.
+        return _finish(message, state, ctx, reply, effects, large=large, hold=True)
+    if large is not None or state.outbox:
+        planned = [Planned.from_json(entry) for entry in state.outbox]
+    else:
+        planned = _plan_server_commands(state, ctx, effects)
+    return _finish(message, state, ctx, reply, effects, planned=planned, large=large)
 
 
-def _finish(message, state, ctx, reply, effects, *, final: bool) -> Outcome:
+def _note_client_limits(message: Message, state: SessionState) -> None:
+    meta = message.header.meta
+    if meta is None:
+        return
+    if meta.max_msg_size:
+        state.client_max_msg_size = meta.max_msg_size
+    if meta.max_obj_size:
+        state.client_max_obj_size = meta.max_obj_size
+
+
+def _reply_header(message: Message, state: SessionState, ctx: Context, ended: bool) -> SyncHdr:
     header = message.header
     server_cred = None
-    if ctx.device is not None and not state.server_accepted and not state.ended:
+    uses_mac = state.client_auth_scheme == AUTH_MAC or (
+        ctx.device is not None and ctx.device.auth_scheme == AUTH_MAC
+    )
+    if ctx.device is not None and not state.server_accepted and not ended and not uses_mac:
         nonce = ctx.device.server_nonce if ctx.device.server_nonce is not None else auth.FACTORY_NONCES[0]
         server_cred = Cred(
             type=AUTH_MD5,
             format="b64",
             data=auth.md5_digest(ctx.server_id, ctx.device.server_password, nonce),
         )
-    reply_header = SyncHdr(
+    meta = None
+    if state.server_msg_id == 1:
+        meta = Meta(max_msg_size=ctx.server_max_msg_size, max_obj_size=ctx.server_max_obj_size)
+    return SyncHdr(
         ver_dtd=header.ver_dtd,
         ver_proto=header.ver_proto,
         session_id=header.session_id,
         msg_id=str(state.server_msg_id),
         target=header.source,
         source=header.target or ctx.base_url,
-        resp_uri=None if state.ended else f"{ctx.base_url}/dm?s={ctx.session_token}",
+        resp_uri=None if ended else f"{ctx.base_url}/dm?s={ctx.session_token}",
         cred=server_cred,
+        meta=meta,
     )
+
+
+def _finish(
+    message: Message,
+    state: SessionState,
+    ctx: Context,
+    reply: _Reply,
+    effects: list,
+    *,
+    planned: list[Planned] | None = None,
+    large: LargeObject | None = None,
+    more_from_client: bool = False,
+    hold: bool = False,
+    keep_open: bool = False,
+) -> Outcome:
+    """Fit the planned commands under the client's MaxMsgSize and build the reply."""
+    header = _reply_header(message, state, ctx, ended=False)
+
+    def measure(commands: list[Command]) -> int:
+        for number, command in enumerate(commands, start=1):
+            command.cmd_id = str(number)
+        return len(ctx.encode(Message(header=header, commands=commands, final=True)))
+
+    complete = True
+    if not state.ended and not hold and (planned or large is not None):
+        fitter = Fitter(
+            measure=measure,
+            limit=state.client_max_msg_size if ctx.encode is not None else None,
+            max_obj_size=state.client_max_obj_size,
+            read_object=ctx.read_object,
+        )
+        result = fitter.fit(reply.commands, planned or [], large)
+        for command, purpose in result.placed:
+            reply.add(command)
+            if purpose:
+                state.pending[command.cmd_id] = purpose
+        for dropped, reason in result.dropped:
+            _command_not_sent(dropped, reason, state, effects)
+        state.outbox = [entry.to_json() for entry in result.outbox]
+        state.large_out = result.large.to_json() if result.large else None
+        complete = result.complete
+    elif hold:
+        complete = False
+
+    needs_reply = any(command.name != "Status" for command in reply.commands)
+    final = complete and not more_from_client
+    if final and not needs_reply and not state.large_in and not keep_open:
+        state.ended = True
+    if state.ended:
+        header = _reply_header(message, state, ctx, ended=True)
+        final = True
     return Outcome(
-        reply=Message(header=reply_header, commands=reply.commands, final=final),
+        reply=Message(header=header, commands=reply.commands, final=final),
         state=state,
         effects=effects,
     )
+
+
+def _command_not_sent(planned: Planned, reason: str, state: SessionState, effects: list) -> None:
+    logger.warning("server command %s not sent: %s", planned.command.name, reason)
+    if planned.purpose in JOB_PURPOSES and state.job_id is not None:
+        effects.append(JobFailed(state.job_id, reason))
+        state.outbox = []
+        state.phase = "failed"
 
 
 # ---------------------------------------------------------------------------
@@ -326,7 +432,11 @@ def _authenticate(message: Message, state: SessionState, ctx: Context, effects) 
     if state.authenticated and cred is None and ctx.hmac is None:
         return StatusCode.OK, None
 
-    verdict = _check_credentials(message, state, ctx)
+    verdict = _check_credentials(message, state, ctx, effects)
+    if verdict is True and state.authenticated:
+        # Credentials repeated in a later message of an authenticated
+        # session: the nonce in use stays valid.
+        return StatusCode.OK, None
     if verdict is True:
         state.authenticated = True
         state.auth_failures = 0
@@ -351,19 +461,31 @@ def _issue_chal(state: SessionState, ctx: Context, effects) -> Chal:
     return Chal(type=ctx.device.auth_scheme, format="b64", next_nonce=encoded)
 
 
-def _nonce_candidates(state: SessionState, ctx: Context) -> list[bytes]:
-    """Nonces a client may have used: those issued in this session, the stored
-    one, and the factory conventions when none was ever issued."""
-    candidates = [auth.decode_nonce(text) for text in reversed(state.nonces)]
+def _nonce_candidates(state: SessionState, ctx: Context) -> list[tuple[bytes, str]]:
+    """Nonces a client may have used, each with its form.
+
+    The digest takes the decoded NextNonce bytes; some clients hash the
+    base64 text instead ("base64-text"). Nonces issued in this session come
+    first, then the stored one, then the factory nonces when none was ever
+    issued to the device.
+    """
+    issued = [auth.decode_nonce(text) for text in reversed(state.nonces)]
     stored = ctx.device.client_nonce
     if stored is not None:
-        candidates.append(stored)
-    else:
-        candidates.extend(auth.FACTORY_NONCES)
-    return list(dict.fromkeys(candidates))
+        issued.append(stored)
+    candidates: list[tuple[bytes, str]] = []
+    for nonce in dict.fromkeys(issued):
+        candidates.append((nonce, "decoded"))
+        candidates.append((auth.encode_nonce(nonce).encode("ascii"), "base64-text"))
+    if stored is None:
+        candidates.extend((nonce, "factory") for nonce in auth.FACTORY_NONCES)
+    preferred = ctx.device.nonce_form
+    if preferred:
+        candidates.sort(key=lambda pair: pair[1] != preferred)
+    return candidates
 
 
-def _check_credentials(message: Message, state: SessionState, ctx: Context) -> bool | None:
+def _check_credentials(message: Message, state: SessionState, ctx: Context, effects) -> bool | None:
     """Return True when valid, False when invalid, None when missing."""
     device = ctx.device
     scheme = device.auth_scheme
@@ -371,28 +493,37 @@ def _check_credentials(message: Message, state: SessionState, ctx: Context) -> b
     if scheme == AUTH_MAC:
         if ctx.hmac is None:
             return None
+        state.client_auth_scheme = AUTH_MAC
         if ctx.hmac.username != device.client_username or ctx.hmac.algorithm.upper() != "MD5":
             return False
-        return any(
-            auth.digests_equal(
-                auth.hmac_mac(device.client_username, device.client_password, nonce, ctx.body),
-                ctx.hmac.mac,
-            )
-            for nonce in _nonce_candidates(state, ctx)
-        )
-    if cred is None:
-        return None
-    if cred.type.strip() != scheme:
-        return False
-    if scheme == AUTH_BASIC:
-        parsed = auth.parse_basic_credential(cred.data)
-        return parsed == (device.client_username, device.client_password)
-    return any(
-        auth.digests_equal(
-            auth.md5_digest(device.client_username, device.client_password, nonce), cred.data
-        )
-        for nonce in _nonce_candidates(state, ctx)
-    )
+
+        def digest(nonce: bytes) -> str:
+            return auth.hmac_mac(device.client_username, device.client_password, nonce, ctx.body)
+
+        received = ctx.hmac.mac
+    else:
+        if cred is None:
+            return None
+        state.client_auth_scheme = cred.type.strip()
+        if cred.type.strip() != scheme:
+            return False
+        if scheme == AUTH_BASIC:
+            parsed = auth.parse_basic_credential(cred.data)
+            return parsed == (device.client_username, device.client_password)
+
+        def digest(nonce: bytes) -> str:
+            return auth.md5_digest(device.client_username, device.client_password, nonce)
+
+        received = cred.data
+    for nonce, form in _nonce_candidates(state, ctx):
+        if auth.digests_equal(digest(nonce), received):
+            if form != "factory" and form != device.nonce_form:
+                logger.info("device %s computes its digest over the %s nonce", device.device_id, form)
+                effects.append(NonceFormDetected(form))
+            elif form == "factory":
+                logger.info("device %s used a factory nonce", device.device_id)
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------
@@ -406,6 +537,12 @@ def _process_client_command(message, command, state, ctx, reply, effects, sent_p
     if name == "Status":
         _on_status(command, state, ctx, effects, sent_pending)
         return False
+    if name in ("Replace", "Add", "Results"):
+        command = _reassemble(command, state, ctx, reply, msg_id)
+        if command is None:
+            return False
+    elif state.large_in is not None:
+        _interrupt_large_in(state, reply)
     if name == "Results":
         _on_results(command, state, effects, sent_pending)
         return False
@@ -441,6 +578,82 @@ def _process_client_command(message, command, state, ctx, reply, effects, sent_p
     return False
 
 
+def _interrupt_large_in(state: SessionState, reply: _Reply) -> None:
+    """Another command arrived before the last chunk: Alert 1225, drop the object."""
+    key = state.large_in["key"]
+    logger.info("large object %s interrupted by another command; sent Alert 1225", key)
+    reply.add(
+        Command(name="Alert", cmd_id="", data=str(AlertCode.NO_END_OF_DATA), items=[Item(target=key)])
+    )
+    state.large_in = None
+
+
+def _reassemble(command: Command, state: SessionState, ctx: Context, reply: _Reply, msg_id: str) -> Command | None:
+    """Collect chunks of a large object; return the whole command when complete.
+
+    Replace and Add chunks are answered 213; the last one 200, or 424 when
+    the total differs from the Meta Size of the first chunk. An object above
+    the server's MaxObjSize is answered 413.
+    """
+    item = command.items[0] if len(command.items) == 1 else None
+    key = (item.source or item.target) if item else None
+    pending = state.large_in
+    if pending is not None and (item is None or key != pending["key"] or command.name != pending["name"]):
+        _interrupt_large_in(state, reply)
+        pending = None
+    if item is None or (pending is None and not item.more_data):
+        return command
+
+    chunk = item.data.encode("utf-8") if isinstance(item.data, str) else (item.data or b"")
+    answers = command.name != "Results" and not command.no_resp
+    if pending is None:
+        declared = item.meta.size if item.meta else None
+        if declared is None:
+            if answers:
+                reply.status(msg_id, command, StatusCode.INCOMPLETE_COMMAND)
+            return None
+        if declared > ctx.server_max_obj_size:
+            if answers:
+                reply.status(msg_id, command, StatusCode.REQUEST_ENTITY_TOO_LARGE)
+            return None
+        pending = state.large_in = {
+            "key": key,
+            "name": command.name,
+            "size": declared,
+            "data": "",
+            "text": isinstance(item.data, str),
+            "meta": asdict(item.meta) if item.meta else None,
+        }
+    collected = base64.b64decode(pending["data"]) + chunk
+    if item.more_data:
+        pending["data"] = base64.b64encode(collected).decode("ascii")
+        if answers:
+            reply.status(msg_id, command, StatusCode.CHUNKED_ITEM_ACCEPTED)
+        return None
+
+    state.large_in = None
+    if len(collected) != pending["size"]:
+        logger.info("large object %s: %d bytes received, Meta Size %d", key, len(collected), pending["size"])
+        if answers:
+            reply.status(msg_id, command, StatusCode.SIZE_MISMATCH)
+        return None
+    whole = Item(
+        target=item.target,
+        source=item.source,
+        meta=Meta(**pending["meta"]) if pending["meta"] else item.meta,
+        data=collected.decode("utf-8", "replace") if pending["text"] else collected,
+    )
+    return Command(
+        name=command.name,
+        cmd_id=command.cmd_id,
+        msg_ref=command.msg_ref,
+        cmd_ref=command.cmd_ref,
+        meta=command.meta,
+        no_resp=command.no_resp,
+        items=[whole],
+    )
+
+
 def _on_alert(command: Command, effects) -> int:
     code = (command.data or "").strip()
     if code in (str(AlertCode.CLIENT_INITIATED_MGMT), str(AlertCode.SERVER_INITIATED_MGMT)):
@@ -473,7 +686,11 @@ def _on_status(command: Command, state: SessionState, ctx: Context, effects, sen
     if command.cmd_ref == "0":
         # The client's verdict on the server's credentials.
         if command.chal is not None and command.chal.next_nonce:
-            effects.append(ServerNonceReceived(auth.decode_nonce(command.chal.next_nonce)))
+            nonce = auth.decode_nonce(command.chal.next_nonce)
+            effects.append(ServerNonceReceived(nonce))
+            if ctx.device is not None:
+                # The Cred of the reply being built must use the new nonce.
+                ctx.device.server_nonce = nonce
         if code in (StatusCode.OK, StatusCode.AUTHENTICATION_ACCEPTED):
             state.server_accepted = True
         elif code in (StatusCode.INVALID_CREDENTIALS, StatusCode.MISSING_CREDENTIALS):
@@ -486,17 +703,36 @@ def _on_status(command: Command, state: SessionState, ctx: Context, effects, sen
     purpose = sent_pending.get(command.cmd_ref or "")
     if purpose is None:
         return
-    if purpose in ("replace-pkgurl", "exec-update") and state.job_id is not None:
+    if purpose == "chunk":
+        _on_chunk_status(code, state, effects)
+    elif purpose in JOB_PURPOSES and state.job_id is not None:
         effects.append(JobStatusReceived(state.job_id, purpose, code))
         if code not in (StatusCode.OK, StatusCode.ACCEPTED_FOR_PROCESSING):
             state.phase = "failed"
-    elif purpose.startswith("get:") and code != StatusCode.OK:
-        path = purpose[4:]
+            state.outbox = []
+    elif purpose.startswith(("get:", "get-fumo:")) and code != StatusCode.OK:
+        path = purpose.split(":", 1)[1]
         effects.append(TreeValuesReceived({path: (code, None)}))
         if path == FWV_PATH:
             state.fw_version = None
         else:
             state.fumo_children = []
+
+
+def _on_chunk_status(code: int, state: SessionState, effects) -> None:
+    """213 lets the next chunk go; anything else abandons the large object."""
+    if state.large_out is None:
+        return
+    if code == StatusCode.CHUNKED_ITEM_ACCEPTED:
+        state.large_out["awaiting_ack"] = False
+        return
+    purpose = state.large_out["planned"].get("purpose")
+    logger.info("client answered a chunk with %s; large object abandoned", code)
+    state.large_out = None
+    state.outbox = []
+    if purpose in JOB_PURPOSES and state.job_id is not None:
+        effects.append(JobStatusReceived(state.job_id, purpose, code))
+        state.phase = "failed"
 
 
 def _on_results(command: Command, state: SessionState, effects, sent_pending) -> None:
@@ -531,76 +767,64 @@ def _percent_decode(name: str) -> str:
 # Step 4: what the server sends next
 
 
-def _plan_server_commands(state: SessionState, ctx: Context, reply: _Reply, effects) -> None:
+def _plan_server_commands(state: SessionState, ctx: Context, effects) -> list[Planned]:
     job = ctx.job
     if state.phase == "start":
         if job is None:
             state.phase = "done"
-            return
+            return []
         state.job_id = job.job_id
         fumo_root = ctx.device.fumo_root
-        get_fwv = reply.add(Command(name="Get", cmd_id="", items=[Item(target=FWV_PATH)]))
-        get_fumo = reply.add(Command(name="Get", cmd_id="", items=[Item(target=fumo_root)]))
-        state.pending = {get_fwv.cmd_id: f"get:{FWV_PATH}", get_fumo.cmd_id: f"get-fumo:{fumo_root}"}
         state.phase = "discover"
-        return
+        return [
+            Planned(Command(name="Get", cmd_id="", items=[Item(target=FWV_PATH)]), f"get:{FWV_PATH}"),
+            Planned(Command(name="Get", cmd_id="", items=[Item(target=fumo_root)]), f"get-fumo:{fumo_root}"),
+        ]
 
     if state.phase == "discover" and job is not None and job.job_id == state.job_id:
-        _deliver_job(state, ctx, reply, effects)
-        return
+        return _deliver_job(state, ctx, effects)
 
     state.phase = "done"
+    return []
 
 
-def _deliver_job(state: SessionState, ctx: Context, reply: _Reply, effects) -> None:
+def _deliver_job(state: SessionState, ctx: Context, effects) -> list[Planned]:
+    """Plan the FUMO commands of the job, or record why it cannot be delivered."""
     job = ctx.job
     state.phase = "done"
     if not state.fw_version:
         effects.append(JobFailed(job.job_id, "device did not report ./DevDetail/FwV"))
-        return
+        return []
     if state.fw_version == job.target_version:
         effects.append(JobAlreadyAtTarget(job.job_id, state.fw_version))
-        return
+        return []
     if not state.fumo_children:
         effects.append(
             JobFailed(job.job_id, f"device has no FUMO node below {ctx.device.fumo_root}")
         )
-        return
-    package = choose_package(job.packages, state.model or ctx.device.model, state.fw_version)
+        return []
+    model = state.model or ctx.device.model
+    package = choose_package(job.packages, model, state.fw_version)
     if package is None:
         effects.append(
-            JobFailed(
-                job.job_id,
-                f"no package for model {state.model or ctx.device.model!r} "
-                f"to version {job.target_version!r}",
-            )
+            JobFailed(job.job_id, f"no package for model {model!r} to version {job.target_version!r}")
         )
-        return
+        return []
     node = f"{ctx.device.fumo_root.rstrip('/')}/{state.fumo_children[0]}"
     state.fumo_node = node
-    descriptor_url = f"{ctx.base_url}/dl/dd/{job.token}"
-    replace = reply.add(
-        Command(
-            name="Replace",
-            cmd_id="",
-            items=[
-                Item(
-                    target=f"{node}/DownloadAndUpdate/PkgURL",
-                    meta=Meta(format="chr", type="text/plain"),
-                    data=descriptor_url,
+    if ctx.device.delivery == "inband":
+        planned = _inband_commands(node, package, job, state)
+        if planned is None:
+            effects.append(
+                JobFailed(
+                    job.job_id,
+                    f"package of {package.size} bytes is above the device's MaxObjSize "
+                    f"{state.client_max_obj_size}",
                 )
-            ],
-        )
-    )
-    execute = reply.add(
-        Command(
-            name="Exec",
-            cmd_id="",
-            correlator=job.token,
-            items=[Item(target=f"{node}/DownloadAndUpdate")],
-        )
-    )
-    state.pending = {replace.cmd_id: "replace-pkgurl", execute.cmd_id: "exec-update"}
+            )
+            return []
+    else:
+        planned = _download_commands(node, job, ctx)
     state.phase = "delivered"
     effects.append(
         JobDelivered(
@@ -611,6 +835,56 @@ def _deliver_job(state: SessionState, ctx: Context, reply: _Reply, effects) -> N
             correlator=job.token,
         )
     )
+    return planned
+
+
+def _download_commands(node: str, job: JobOffer, ctx: Context) -> list[Planned]:
+    """DownloadAndUpdate: the device fetches the package through the descriptor."""
+    replace = Command(
+        name="Replace",
+        cmd_id="",
+        items=[
+            Item(
+                target=f"{node}/DownloadAndUpdate/PkgURL",
+                meta=Meta(format="chr", type="text/plain"),
+                data=f"{ctx.base_url}/dl/dd/{job.token}",
+            )
+        ],
+    )
+    execute = Command(
+        name="Exec",
+        cmd_id="",
+        correlator=job.token,
+        items=[Item(target=f"{node}/DownloadAndUpdate")],
+    )
+    return [Planned(replace, "replace-pkgurl"), Planned(execute, "exec-update")]
+
+
+def _inband_commands(node: str, package: PackageOffer, job: JobOffer, state: SessionState) -> list[Planned] | None:
+    """Update: the package travels in the session as Update/PkgData, in chunks."""
+    if state.client_max_obj_size is not None and package.size > state.client_max_obj_size:
+        return None
+    replace = Command(
+        name="Replace",
+        cmd_id="",
+        items=[
+            Item(
+                target=f"{node}/Update/PkgData",
+                meta=Meta(format="bin", type="application/octet-stream"),
+                data=b"",
+            )
+        ],
+    )
+    execute = Command(
+        name="Exec",
+        cmd_id="",
+        correlator=job.token,
+        items=[Item(target=f"{node}/Update")],
+    )
+    return [
+        Planned(replace, "replace-pkgdata", source=f"package:{package.package_id}", size=package.size),
+        Planned(execute, "exec-update"),
+    ]
 
 
 def choose_package(packages: list[PackageOffer], model: str | None, source_version: str) -> PackageOffer | None:

@@ -14,6 +14,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,6 +23,7 @@ from twisted.logger import Logger
 from ..fota import jobs
 from ..store.models import Device, DmSession, Job, Package, TreeValue
 from ..syncml import auth
+from ..syncml.codes import AUTH_MAC
 from ..syncml.codec import (
     CodecError,
     DecodedMessage,
@@ -41,6 +43,7 @@ log = Logger(namespace="dmserver.session")
 # A message without a session token that repeats the bytes of a message
 # answered this recently is treated as a retransmission.
 REPLAY_WINDOW = timedelta(minutes=15)
+HMAC_HEADER = "x-syncml-hmac"
 SESSION_TOKEN_BYTES = 16
 
 
@@ -49,6 +52,7 @@ class ServerSettings:
     server_id: str = "dmserver"
     base_url: str = "http://127.0.0.1:8700"
     max_body: int = 1_048_576
+    data_dir: Path = Path("data")
 
 
 @dataclass
@@ -100,7 +104,11 @@ def process_request(
             sid=header.session_id,
             device=header.source,
         )
-        return HttpReply(body=stored.last_reply, content_type=stored.last_reply_type)
+        return HttpReply(
+            body=stored.last_reply,
+            content_type=stored.last_reply_type,
+            headers=dict((stored.state or {}).get("reply_headers", {})),
+        )
     if stored is not None and (stored.ended or stored.device_id != header.source):
         stored = None
     if stored is None:
@@ -121,7 +129,8 @@ def process_request(
 
     # Step 3: load the device and its job.
     device = db.scalars(select(Device).where(Device.device_id == header.source)).first()
-    state = engine.SessionState.from_json(stored.state) if stored.state else None
+    saved = {k: v for k, v in (stored.state or {}).items() if k != "reply_headers"}
+    state = engine.SessionState.from_json(saved) if saved else None
     if device is None:
         log.warn("rejected session {sid}: unknown device {device}", sid=header.session_id, device=header.source)
     else:
@@ -136,6 +145,9 @@ def process_request(
         job=_job_offer(db, job_model) if job_model is not None else None,
         hmac=auth.parse_hmac_header(hmac_header) if hmac_header else None,
         body=body,
+        encode=lambda reply: encode_message(reply, decoded.encoding),
+        read_object=lambda source, offset, length: _read_object(db, settings, source, offset, length),
+        server_max_msg_size=settings.max_body,
     )
 
     # Step 4: run the engine and store what it decided.
@@ -143,7 +155,13 @@ def process_request(
     if device is not None:
         _apply_effects(db, device, outcome.effects, now)
     reply_bytes = encode_message(outcome.reply, decoded.encoding)
-    stored.state = outcome.state.to_json()
+    headers = {}
+    if device is not None and outcome.state.client_auth_scheme == AUTH_MAC and not outcome.ended:
+        # Mutual auth-MAC: the server's MAC over the exact reply bytes.
+        nonce = device.server_nonce if device.server_nonce is not None else auth.FACTORY_NONCES[0]
+        mac = auth.hmac_mac(settings.server_id, device.server_password, nonce, reply_bytes)
+        headers[HMAC_HEADER] = auth.format_hmac_header(settings.server_id, mac)
+    stored.state = {**outcome.state.to_json(), "reply_headers": headers}
     stored.last_msg_id = header.msg_id
     stored.last_request_sha256 = body_sha
     stored.last_reply = reply_bytes
@@ -151,7 +169,7 @@ def process_request(
     stored.ended = outcome.ended
     stored.updated_at = now
     _log_message(header, outcome)
-    return HttpReply(body=reply_bytes, content_type=decoded.media_type)
+    return HttpReply(body=reply_bytes, content_type=decoded.media_type, headers=headers)
 
 
 def _find_session(db: Session, token, header: SyncHdr, body_sha: str, now: datetime) -> DmSession | None:
@@ -178,6 +196,17 @@ def _find_session(db: Session, token, header: SyncHdr, body_sha: str, now: datet
     ).first()
 
 
+def _read_object(db: Session, settings: ServerSettings, source: str, offset: int, length: int) -> bytes:
+    """Read part of a stored object for in-band delivery ("package:<id>")."""
+    kind, _, ident = source.partition(":")
+    if kind != "package":
+        raise ValueError(f"unknown object source {source!r}")
+    package = db.get(Package, int(ident))
+    with open(settings.data_dir / package.path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read(length)
+
+
 def _account(device: Device | None) -> engine.DeviceAccount | None:
     if device is None:
         return None
@@ -191,6 +220,8 @@ def _account(device: Device | None) -> engine.DeviceAccount | None:
         server_nonce=device.server_nonce,
         fumo_root=device.fumo_root,
         model=device.model,
+        delivery=device.delivery or "download",
+        nonce_form=device.nonce_form,
     )
 
 
@@ -230,6 +261,13 @@ def _apply_effects(db: Session, device: Device, effects: list, now: datetime) ->
             device.client_nonce = effect.nonce
         elif isinstance(effect, engine.ServerNonceReceived):
             device.server_nonce = effect.nonce
+        elif isinstance(effect, engine.NonceFormDetected):
+            log.info(
+                "device {device} computes digests over the {form} nonce; remembered",
+                device=device.device_id,
+                form=effect.form,
+            )
+            device.nonce_form = effect.form
         elif isinstance(effect, engine.DeviceInfoReceived):
             device.dev_info = {**(device.dev_info or {}), **effect.values}
             device.model = effect.values.get("Mod", device.model)

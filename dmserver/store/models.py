@@ -49,6 +49,14 @@ class Device(Base):
     firmware_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
     fumo_root: Mapped[str] = mapped_column(String(256), default="./FUMO")
     msisdn: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # "download": DownloadAndUpdate with a descriptor URL; "inband": the
+    # package goes in the session through Update/PkgData (no download agent).
+    delivery: Mapped[str] = mapped_column(String(16), default="download")
+    # How the client applies the server's NextNonce to its digest: "decoded"
+    # (the spec) or "base64-text" (some clients hash the base64 text).
+    nonce_form: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Device profile: quirks and capabilities such as Package 0 settings.
+    profile: Mapped[dict] = mapped_column(JSON, default=dict)
     dev_info: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

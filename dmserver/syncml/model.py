@@ -129,3 +129,56 @@ class Message:
     def walk(self) -> Iterator[Command]:
         for command in self.commands:
             yield from command.walk()
+
+
+# ---------------------------------------------------------------------------
+# JSON form of commands, for commands queued in stored session state.
+
+
+def _data_to_json(data: str | bytes | None):
+    if isinstance(data, bytes):
+        import base64
+
+        return {"b64": base64.b64encode(data).decode("ascii")}
+    return data
+
+
+def _data_from_json(value):
+    if isinstance(value, dict):
+        import base64
+
+        return base64.b64decode(value["b64"])
+    return value
+
+
+def command_to_json(command: Command) -> dict:
+    from dataclasses import asdict
+
+    data = asdict(command)
+    data["items"] = [
+        {**asdict(item), "data": _data_to_json(item.data)} for item in command.items
+    ]
+    data["commands"] = [command_to_json(child) for child in command.commands]
+    return data
+
+
+def command_from_json(data: dict) -> Command:
+    data = dict(data)
+    items = []
+    for raw in data.pop("items", []):
+        raw = dict(raw)
+        meta = raw.pop("meta", None)
+        raw["data"] = _data_from_json(raw.get("data"))
+        items.append(Item(meta=Meta(**meta) if meta else None, **raw))
+    meta = data.pop("meta", None)
+    cred = data.pop("cred", None)
+    chal = data.pop("chal", None)
+    children = [command_from_json(child) for child in data.pop("commands", [])]
+    return Command(
+        items=items,
+        meta=Meta(**meta) if meta else None,
+        cred=Cred(**cred) if cred else None,
+        chal=Chal(**chal) if chal else None,
+        commands=children,
+        **data,
+    )
