@@ -1,7 +1,7 @@
 """Run push scenarios against a real Kannel inside a network namespace.
 
 The pytest process stays in the host namespace. ``run_scenarios`` starts
-``unshare --net --pid --fork --kill-child`` running this module; inside,
+``unshare --net --pid --fork --kill-child`` running this module. Inside,
 ``main`` brings up loopback, starts a ``KannelLab`` (bearerbox, smsbox,
 wapbox and fakesmsc), sends pushes through our gateways under a Twisted
 reactor, and writes what the fake SMSC received to a JSON file. The PID

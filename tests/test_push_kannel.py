@@ -112,7 +112,7 @@ def test_pap_push_reaches_smsc(kannel_run):
 
     segments = received(results, "pap_short")
 
-    # The PPG answers 1001; our gateway reports it and Kannel sends one SMS.
+    # The PPG returns PAP code 1001, and Kannel sends one SMS.
     assert results["pap_short"]["responses"][0].startswith("1001")
     assert len(segments) == 1
     assert segments[0].udh == bytes.fromhex("0605040b8423f0")
@@ -136,3 +136,62 @@ def test_kannel_processes_are_gone(kannel_run):
             leftovers.append(cmdline.parent.name)
 
     assert leftovers == []
+
+
+LAB_CLIENT = """
+import json, os, sys, time, urllib.request
+from dmserver.push.kannel_lab import read_fakesmsc_messages
+
+url = (
+    os.environ["DMSERVER_KANNEL_SENDSMS_URL"]
+    + "?username=" + os.environ["DMSERVER_KANNEL_USERNAME"]
+    + "&password=" + os.environ["DMSERVER_KANNEL_PASSWORD"]
+    + "&to=%2B15550009&coding=1&udh=%06%05%04%0B%84%23%F0&text=%01%06%20%2B"
+)
+answer = urllib.request.urlopen(url, timeout=10).read().decode()
+deadline = time.monotonic() + 10
+messages = []
+while not messages and time.monotonic() < deadline:
+    messages = read_fakesmsc_messages(os.environ["DMSERVER_FAKESMSC_LOG"])
+    time.sleep(0.1)
+with open(sys.argv[1], "w") as output:
+    json.dump({"answer": answer, "data": [m.data.hex() for m in messages]}, output)
+sys.exit(7)
+"""
+
+
+def test_lab_command_line_runs_command(kannel_run, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    output = tmp_path / "client.json"
+    completed = subprocess.run(
+        [
+            "unshare",
+            "--net",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            sys.executable,
+            "-m",
+            "dmserver.push.kannel_lab",
+            "--workdir",
+            str(tmp_path / "lab"),
+            "--no-wapbox",
+            "--",
+            sys.executable,
+            "-c",
+            LAB_CLIENT,
+            str(output),
+        ],
+        cwd=harness.REPOSITORY,
+        capture_output=True,
+        timeout=harness.SCENARIO_TIMEOUT_SECONDS,
+    )
+
+    assert completed.returncode == 7, completed.stderr.decode(errors="replace")
+    result = json.loads(output.read_text())
+    assert result["answer"] == "0: Accepted for delivery"
+    # Space and "+" survive Kannel's URL encoding in the fakesmsc log.
+    assert result["data"] == ["0106202b"]

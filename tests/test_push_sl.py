@@ -200,9 +200,9 @@ def test_build_sl_matches_live_kannel(tmp_path):
 
 @pytest.mark.parametrize("url", SL_URLS)
 def test_parse_sl_live_kannel_output(url, tmp_path):
-    # Kannel 1.4.5 never uses the "http://www." prefix tokens and ends a URL
-    # that stops on ".org/" with an empty inline string, so its octets differ
-    # from ours there; both must decode to the same document.
+    # Kannel 1.4.5 never uses the "http://www." prefix tokens. It also ends a
+    # URL that stops on ".org/" with an empty inline string. Its octets then
+    # differ from ours, but both must decode to the same document.
     compiled = _kannel_compile("test_sl", _sl_source(url), tmp_path)
 
     assert sl.parse_sl(compiled) == sl.ServiceLoading(href=url, action="execute-low")

@@ -15,7 +15,7 @@ gateway:
 - Every attempt and the final give-up are reported through
   ``on_push(job_id, attempt, outcome, error)``.
 
-The dispatcher holds no reactor: time comes from the injected
+The dispatcher uses no global reactor. Time comes from the injected
 ``IReactorTime`` (``twisted.internet.task.Clock`` in tests). The PDU is
 built by ``pdu_factory(attempt)`` just before each send, so each attempt
 can carry a fresh nonce or session id.

@@ -13,7 +13,7 @@ a Deferred that fires with a ``PushReceipt`` or fails with ``GatewayError``.
   the concatenation reference and segment boundaries would be Kannel's and
   could not be checked end to end.
 - ``KannelPapGateway`` submits the pushed entity to Kannel's Push Proxy
-  Gateway (wapbox) with the Push Access Protocol; the PPG then writes its
+  Gateway (wapbox) with the Push Access Protocol. The PPG then writes its
   own WSP headers and segments the SMS.
 """
 
@@ -51,11 +51,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HTTP_TIMEOUT_SECONDS = 30.0
 MAX_RESPONSE_OCTETS = 64 * 1024
-# Kannel's sendsms answers 202 for "0: Accepted for delivery" and
-# "3: Queued for later delivery"; older releases answered 200.
+# Kannel's sendsms returns HTTP 202 for "0: Accepted for delivery" and
+# "3: Queued for later delivery". Older releases return 200.
 KANNEL_ACCEPTED_STATUSES = (200, 202)
 # PAP result codes 1000 (OK) and 1001 (accepted for processing). Kannel
-# 1.4.5 answers an accepted push with HTTP 202 and code 1001.
+# 1.4.5 returns HTTP 202 and code 1001 for an accepted push.
 PAP_SUCCESS_CODES = ("1000", "1001")
 PAP_ACCEPTED_STATUSES = (200, 202)
 KANNEL_CODING_8BIT = "1"
@@ -71,7 +71,7 @@ class GatewayError(Exception):
 class PushReceipt:
     """What a gateway reports after accepting a push.
 
-    ``responses`` holds the gateway's answer per request (one per SMS for
+    ``responses`` contains the gateway's response text per request (one per SMS for
     sendsms, one per push for PAP and the file gateway).
     """
 

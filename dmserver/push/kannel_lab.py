@@ -228,14 +228,18 @@ class KannelLab:
     def write_config(self) -> None:
         ports = self.ports
         log = self.workdir
+        # bearerbox refuses a wapbox-port without a wapbox group.
+        wapbox_settings = (
+            f'wapbox-port = {ports.wapbox}\nwdp-interface-name = "{LOOPBACK}"\n'
+            if self.with_wapbox
+            else ""
+        )
         groups = [
             f"""group = core
 admin-port = {ports.admin}
 admin-password = {ADMIN_PASSWORD}
 smsbox-port = {ports.smsbox}
-wapbox-port = {ports.wapbox}
-wdp-interface-name = "{LOOPBACK}"
-box-allow-ip = "{LOOPBACK}"
+{wapbox_settings}box-allow-ip = "{LOOPBACK}"
 log-file = "{log}/bearerbox.log"
 log-level = 0
 access-log = "{self.access_log}"

@@ -1,7 +1,7 @@
 """Package 0: the OMA DM General Notification Initiated Session Alert.
 
-The server sends Package 0 to wake a device up; the device verifies the
-digest with its server credentials and opens a DM session carrying the
+The server sends Package 0 to wake a device up. The device verifies the
+digest with its server credentials and opens a DM session that carries the
 notified session id. This module builds and parses the binary message and
 matches the SessionID a client sends back against the notified one. It does
 no I/O: gateways in ``dmserver.push.gateways`` carry the bytes.
@@ -71,7 +71,7 @@ class UIMode(enum.IntEnum):
 
 
 class Initiator(enum.IntEnum):
-    """Who caused the management session (section 6.2.2.8)."""
+    """Originator of the management session (section 6.2.2.8)."""
 
     CLIENT = 0
     SERVER = 1
@@ -97,9 +97,9 @@ class NotificationProfile:
         version: value of the 10-bit version field.
         resync_nonce: nonce used when the device's current server nonce is
             unknown to the server.
-        max_server_id_length: longest server-identifier in octets that the
-            client accepts, or None when only the format limit of 255 holds.
-            Some clients enforce 23.
+        max_server_id_length: maximum server-identifier length in octets
+            that the client accepts, or None for the format limit of 255.
+            Some clients are reported to enforce 23.
     """
 
     version: int = NOTIFICATION_VERSION_12
@@ -112,7 +112,7 @@ class NotificationError(ValueError):
 
 
 class UnsupportedTriggerError(NotificationError):
-    """The profile says the client cannot take the requested trigger."""
+    """The client profile rules out the requested trigger."""
 
 
 class NotificationParseError(NotificationError):
@@ -248,7 +248,7 @@ def parse_notification(data: bytes) -> Notification:
     caller decides how strict to be.
 
     Raises:
-        NotificationParseError: the data is shorter than its fields say, or
+        NotificationParseError: the data is shorter than its length fields, or
             the server identifier is not UTF-8.
     """
     minimum = DIGEST_LENGTH + TRIGGER_HEADER_FIXED_LENGTH
@@ -305,11 +305,11 @@ def match_session_id(notified: int, received: str) -> str | None:
     """Tell in which form a client echoed the notified session id.
 
     Returns:
-        "hex" for hexadecimal of either case (the specified form; leading
-        zeros are tolerated), "decimal" for decimal digits, "byte-swapped"
-        when the two octets of the session id arrive swapped (libdmclient
-        applies ntohs to a value already in host order; the swapped value
-        is accepted in hexadecimal or decimal form), or None when nothing
+        "hex" for hexadecimal of either case, which is the specified form
+        (leading zeros are tolerated). "decimal" for decimal digits.
+        "byte-swapped" when the two octets of the session id arrive swapped,
+        in hexadecimal or decimal, because libdmclient applies ntohs to a
+        value already in host order. None when nothing
         matches. Hexadecimal is tried first, so a value that reads the same
         in both forms reports "hex".
     """

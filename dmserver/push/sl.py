@@ -1,7 +1,7 @@
 """Service Loading and Service Indication documents in WBXML.
 
-SL 1.0 (WAP-168-ServiceLoad, WBXML public id 0x06) tells the browser to
-fetch a URL; SI 1.0 (WAP-167-ServiceInd, public id 0x05) shows the user a
+SL 1.0 (WAP-168-ServiceLoad, WBXML public id 0x06) makes the browser
+fetch a URL. SI 1.0 (WAP-167-ServiceInd, public id 0x05) shows the user a
 text with a link. Both are pushed to the browser in WSP with content types
 0xB0 (application/vnd.wap.slc) and 0xAE (application/vnd.wap.sic).
 

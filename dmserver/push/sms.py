@@ -7,14 +7,15 @@ gateway's connectionless WSP port). A PDU longer than one SMS is split into
 concatenated SMS (IEI 0x00: 8-bit reference, total, sequence), each segment
 carrying the port element too.
 
-Each SMS holds 140 octets of user data, UDH included. One segment then has
+Each SMS carries at most 140 octets of user data, UDH included. One segment then has
 a 7-octet UDH (UDHL 0x06, ``05 04 0B 84 23 F0``) and 133 octets of PDU;
 concatenated segments have a 12-octet UDH and 128 octets of PDU each.
 
 ``SmsSegment.udh`` includes the UDHL octet, the form Kannel's ``udh=``
-parameter takes. The data coding scheme is not part of the user data: the
-gateways send DCS 0x04 (8-bit data, no message class), the value Kannel's
-own WAP push over SMS uses, or 0xF5 (8-bit data, class 1) on request.
+parameter takes. The data coding scheme is not part of the user data. The
+gateways send DCS 0x04 (8-bit data, no message class) by default, because
+Kannel's wapbox also sends WAP push as 8-bit data without a message class.
+They send 0xF5 (8-bit data, class 1) on request.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def parse_user_data_header(udh: bytes) -> UserDataHeader:
         value = udh[offset + 2 : offset + 2 + length]
         if len(value) != length:
             raise SmsError(
-                f"information element 0x{identifier:02X} says {length} octets "
+                f"information element 0x{identifier:02X} has length {length} "
                 f"but {len(value)} remain"
             )
         _read_element(identifier, value, fields)
