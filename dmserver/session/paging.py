@@ -176,7 +176,12 @@ class Fitter:
         queue: list[Planned],
         large: LargeObject | None = None,
     ) -> FitResult:
-        """Fill a message that already holds ``fixed`` (Statuses and such)."""
+        """Fill a message that already holds ``fixed`` (Statuses and such).
+
+        NOTE: ``fixed`` is always sent whole. With a MaxMsgSize below about
+        1,300 bytes in XML, the Statuses and a Chal alone can exceed it;
+        splitting Statuses over messages is not implemented.
+        """
         result = FitResult()
         current = list(fixed)
         pending = list(queue)
