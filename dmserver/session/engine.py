@@ -330,7 +330,9 @@ def _reply_header(message: Message, state: SessionState, ctx: Context, ended: bo
     uses_mac = state.client_auth_scheme == AUTH_MAC or (
         ctx.device is not None and ctx.device.auth_scheme == AUTH_MAC
     )
-    if ctx.device is not None and not state.server_accepted and not ended and not uses_mac:
+    # The server's Cred goes in every message until the client accepts it,
+    # the last message of a session included: clients check it there too.
+    if ctx.device is not None and not state.server_accepted and not uses_mac:
         nonce = ctx.device.server_nonce if ctx.device.server_nonce is not None else auth.FACTORY_NONCES[0]
         server_cred = Cred(
             type=AUTH_MD5,
