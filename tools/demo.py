@@ -68,6 +68,16 @@ def start_server(base: list[str], log_path: Path) -> tuple[subprocess.Popen, str
     raise SystemExit(f"demo: failed: the server did not start; see {log_path}")
 
 
+def _option(args: list[str], name: str) -> str | None:
+    """Return the value of ``name`` in dmsim's arguments (``--x v`` or ``--x=v``)."""
+    for index, arg in enumerate(args):
+        if arg == name and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
@@ -82,8 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         step(f"data directory {data_dir} (SQLite)")
         step("creating the package signing key")
         run(dmserver + ["keys", "init"])
-        step(f"provisioning {DEVICE}")
-        run(dmserver + ["device", "add", DEVICE, "--client-password", CLIENT_PASSWORD, "--server-password", SERVER_PASSWORD, "--model", MODEL])
+        auth = _option(sim_args, "--auth") or "md5"
+        delivery = "inband" if "--no-download-agent" in sim_args else "download"
+        step(f"provisioning {DEVICE} (auth {auth}, delivery {delivery})")
+        run(
+            dmserver
+            + ["device", "add", DEVICE, "--client-password", CLIENT_PASSWORD]
+            + ["--server-password", SERVER_PASSWORD, "--model", MODEL]
+            + ["--auth", auth, "--delivery", delivery]
+        )
         for version, image in (OLD, NEW):
             step(f"storing {image.name} as {MODEL} {version}")
             run(dmserver + ["firmware", "add", "--model", MODEL, "--version", version, str(image)])

@@ -156,7 +156,7 @@ def process_request(
         _apply_effects(db, device, outcome.effects, now)
     reply_bytes = encode_message(outcome.reply, decoded.encoding)
     headers = {}
-    if device is not None and outcome.state.client_auth_scheme == AUTH_MAC and not outcome.ended:
+    if device is not None and outcome.state.client_auth_scheme == AUTH_MAC:
         # Mutual auth-MAC: the server's MAC over the exact reply bytes.
         nonce = device.server_nonce if device.server_nonce is not None else auth.FACTORY_NONCES[0]
         mac = auth.hmac_mac(settings.server_id, device.server_password, nonce, reply_bytes)
