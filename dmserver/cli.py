@@ -67,7 +67,11 @@ def cmd_serve(args) -> int:
     actual = port.getHost().port
     if not config.base_url:
         settings.base_url = f"http://{config.host}:{actual}"
-    print(f"dmserver: listening on {settings.base_url} (database {_redact(config.db_url)})", flush=True)
+    print(
+        f"dmserver: listening on http://{config.host}:{actual} "
+        f"(public URL {settings.base_url}, database {_redact(config.db_url)})",
+        flush=True,
+    )
     reactor.run()
     return 0
 

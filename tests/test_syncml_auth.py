@@ -57,3 +57,9 @@ def test_decode_nonce_keeps_non_base64_text():
     # "null" happens to be valid base64; a value with characters outside the
     # alphabet is kept as text.
     assert auth.decode_nonce("not base64!") == b"not base64!"
+
+
+def test_basic_credential_with_colon_in_username():
+    value = auth.basic_credential("IMEI:490154203237518", "pw")
+    assert auth.basic_credential_matches(value, "IMEI:490154203237518", "pw")
+    assert not auth.basic_credential_matches(value, "IMEI", "490154203237518:pw2")

@@ -510,8 +510,7 @@ def _check_credentials(message: Message, state: SessionState, ctx: Context, effe
         if cred.type.strip() != scheme:
             return False
         if scheme == AUTH_BASIC:
-            parsed = auth.parse_basic_credential(cred.data)
-            return parsed == (device.client_username, device.client_password)
+            return auth.basic_credential_matches(cred.data, device.client_username, device.client_password)
 
         def digest(nonce: bytes) -> str:
             return auth.md5_digest(device.client_username, device.client_password, nonce)

@@ -52,6 +52,19 @@ def parse_basic_credential(value: str) -> tuple[str, str] | None:
     return username, password
 
 
+def basic_credential_matches(value: str, username: str, password: str) -> bool:
+    """Compare a basic credential with the expected pair.
+
+    The decoded text is compared whole, because user names such as
+    "IMEI:490154203237518" contain the colon that separates the two parts.
+    """
+    try:
+        text = base64.b64decode(value.strip(), validate=True)
+    except ValueError:
+        return False
+    return hmac.compare_digest(text, f"{username}:{password}".encode("utf-8"))
+
+
 def hmac_mac(username: str, password: str, nonce: bytes, body: bytes) -> str:
     """Return the mac value of the x-syncml-hmac header for ``body``."""
     secret = _b64md5(f"{username}:{password}".encode("utf-8"))
