@@ -56,6 +56,22 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def db_url(self) -> str:
+        return self.db or f"sqlite:///{self.data_dir / 'dmserver.db'}"
+
+    def sql(self, query: str, **params) -> list[tuple]:
+        """Run one SQL statement on the server's database; return its rows."""
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.db_url)
+        try:
+            with engine.begin() as connection:
+                result = connection.execute(text(query), params)
+                return [tuple(row) for row in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
 
 def start_server(data_dir: Path, db: str | None = None, extra: tuple[str, ...] = ()) -> RunningServer:
     log_path = data_dir.parent / f"{data_dir.name}-server.log"
@@ -103,12 +119,141 @@ def catalogue_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def server(catalogue_dir, tmp_path) -> RunningServer:
+def server(catalogue_dir, tmp_path, db_backend, request) -> RunningServer:
+    """A running server on a copy of the catalogue, on each database backend."""
     data_dir = tmp_path / "data"
     shutil.copytree(catalogue_dir, data_dir)
-    running = start_server(data_dir)
+    db = None
+    if db_backend == "postgresql":
+        db = request.getfixturevalue("postgres_schema_url")
+        copy_catalogue_rows(f"sqlite:///{data_dir / 'dmserver.db'}", db)
+    running = start_server(data_dir, db=db)
     yield running
     stop_server(running)
+
+
+# ---------------------------------------------------------------------------
+# Database backends: every test that uses ``db_backend``, ``db_url`` or
+# ``server`` runs once on SQLite and once on PostgreSQL.
+
+BACKENDS_ENV = "DMSERVER_TEST_BACKENDS"
+DEFAULT_BACKENDS = "sqlite,postgresql"
+POSTGRES_URL_ENV = "DMSERVER_TEST_POSTGRES"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# Set to 1 (as CI does) to fail instead of skipping when PostgreSQL is down.
+REQUIRE_POSTGRES_ENV = "DMSERVER_REQUIRE_POSTGRES"
+# NOTE: these modules read the server's SQLite file directly, so their
+# server tests run on SQLite only until they query through RunningServer.sql.
+SQLITE_FILE_MODULES = frozenset({"test_server_http"})
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--db-backends",
+        default=os.environ.get(BACKENDS_ENV, DEFAULT_BACKENDS),
+        help="comma-separated database backends to run database tests on "
+        f"(sqlite, postgresql; default ${BACKENDS_ENV} or {DEFAULT_BACKENDS})",
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if "db_backend" not in metafunc.fixturenames:
+        return
+    backends = [b.strip() for b in metafunc.config.getoption("--db-backends").split(",") if b.strip()]
+    unknown = set(backends) - {"sqlite", "postgresql"}
+    if unknown:
+        raise pytest.UsageError(f"unknown database backend(s) {sorted(unknown)}; use sqlite, postgresql")
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module in SQLITE_FILE_MODULES:
+        backends = [b for b in backends if b == "sqlite"]
+    metafunc.parametrize("db_backend", backends)
+
+
+def _base_postgres_url() -> str:
+    return os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> str:
+    """URL of a PostgreSQL database created for this test session and dropped
+    after it."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    base = make_url(_base_postgres_url())
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    name = f"dmserver_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as error:
+        admin.dispose()
+        message = f"PostgreSQL at {base.render_as_string(hide_password=True)} is unavailable: {error.orig}"
+        if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield base.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_database) -> str:
+    """URL of a fresh schema in the session's PostgreSQL database, dropped
+    after the test; the schema is first on the connection's search_path."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(postgres_database, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    yield f"{postgres_database}?options=-csearch_path%3D{schema}"
+    with engine.connect() as connection:
+        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture
+def db_url(db_backend, tmp_path, request) -> str:
+    """An empty database on the test's backend (schema not yet migrated)."""
+    if db_backend == "postgresql":
+        return request.getfixturevalue("postgres_schema_url")
+    return f"sqlite:///{tmp_path / 'test.db'}"
+
+
+def copy_catalogue_rows(source_url: str, target_url: str) -> None:
+    """Migrate ``target_url`` and copy the firmware and package rows of the
+    catalogue database into it (the files stay in the data directory)."""
+    from sqlalchemy import create_engine, insert, select
+
+    from dmserver.store.db import Database
+    from dmserver.store.models import Firmware, Package
+
+    target = Database(target_url)
+    target.upgrade()
+    source = create_engine(source_url)
+    try:
+        with source.connect() as reading, target.engine.begin() as writing:
+            for table in (Firmware.__table__, Package.__table__):
+                rows = [dict(row) for row in reading.execute(select(table)).mappings()]
+                if rows:
+                    writing.execute(insert(table), rows)
+            if target.engine.dialect.name == "postgresql":
+                # Explicit ids leave the sequences behind; move them past the rows.
+                for table in (Firmware.__table__, Package.__table__):
+                    writing.exec_driver_sql(
+                        f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                        f"COALESCE((SELECT MAX(id) FROM {table.name}), 0) + 1, false)"
+                    )
+    finally:
+        source.dispose()
+        target.dispose()
 
 
 def pytest_configure(config):

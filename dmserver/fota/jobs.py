@@ -92,6 +92,11 @@ def set_state(session: Session, job: Job, state: str, now: datetime, **detail) -
     if state in FINAL_STATES:
         job.finished_at = now
     record_event(session, job, state, now, previous=previous, **detail)
+    # Campaign progress counters and webhooks follow the change in this
+    # transaction.
+    from ..campaign import progress
+
+    progress.job_state_changed(session, job, previous, state, now, detail)
     log.info(
         "job {job_id} {previous} -> {state} {detail}",
         job_id=job.id,

@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -58,6 +59,11 @@ class Device(Base):
     # Device profile: quirks and capabilities such as Package 0 settings.
     profile: Mapped[dict] = mapped_column(JSON, default=dict)
     dev_info: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Campaign targeting: the operator's device group and carrier tag, and the
+    # IANA time zone name used for campaign delivery windows.
+    group: Mapped[str | None] = mapped_column("device_group", String(64), nullable=True)
+    carrier_tag: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
@@ -117,6 +123,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The campaign that created this job, if any.
+    campaign_id: Mapped[int | None] = mapped_column(
+        ForeignKey("campaigns.id"), nullable=True, index=True
+    )
 
     device: Mapped[Device] = relationship(back_populates="jobs")
     package: Mapped[Package | None] = relationship()
@@ -166,3 +176,158 @@ class TreeValue(Base):
     value: Mapped[str | None] = mapped_column(Text, nullable=True)
     status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+# ---------------------------------------------------------------------------
+# Campaigns, API keys and webhooks (revision 0002)
+
+
+class Campaign(Base):
+    """A staged rollout of one firmware version to a selection of devices.
+
+    ``selection`` holds the targeting filters, ``waves`` the cumulative wave
+    specs ("1%", "10%", "100%" or device counts), ``limits`` the dispatch
+    limits and ``policy`` the device checks made before the Exec; their
+    formats are defined in :mod:`dmserver.campaign.spec`.
+    """
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    target_version: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    selection: Mapped[dict] = mapped_column(JSON, default=dict)
+    waves: Mapped[list] = mapped_column(JSON, default=list)
+    success_threshold: Mapped[float] = mapped_column(Float)
+    error_threshold: Mapped[float] = mapped_column(Float)
+    min_sample: Mapped[int] = mapped_column(Integer)
+    require_approval: Mapped[bool] = mapped_column(Boolean, default=False)
+    limits: Mapped[dict] = mapped_column(JSON, default=dict)
+    policy: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Delta packages are used only up to this share of the full package size.
+    max_delta_share: Mapped[float] = mapped_column(Float)
+    # (model, source version) -> package id, fixed when the campaign starts.
+    package_plan: Mapped[dict] = mapped_column(JSON, default=dict)
+    preparation: Mapped[dict] = mapped_column(JSON, default=dict)
+    current_wave: Mapped[int] = mapped_column(Integer, default=0)
+    halt_reason: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # Dispatch rate limit state shared by all server processes.
+    dispatch_credit: Mapped[float] = mapped_column(Float, default=0.0)
+    last_dispatch_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_scan_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class CampaignWave(Base):
+    """One wave of a campaign and its state."""
+
+    __tablename__ = "campaign_waves"
+    __table_args__ = (UniqueConstraint("campaign_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    number: Mapped[int] = mapped_column(Integer)  # 1-based
+    spec: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(24))
+    # Failures and finished devices acknowledged by a resume: the error
+    # threshold applies to outcomes after them.
+    baseline_failed: Mapped[int] = mapped_column(Integer, default=0)
+    baseline_finished: Mapped[int] = mapped_column(Integer, default=0)
+    opened_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class CampaignDevice(Base):
+    """A device's membership in a campaign: its wave, job and progress bucket."""
+
+    __tablename__ = "campaign_devices"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "device_pk"),
+        Index("ix_campaign_devices_dispatch", "campaign_id", "status", "wave", "rank"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    wave: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(48))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class CampaignCounter(Base):
+    """Number of a campaign wave's devices in one progress bucket."""
+
+    __tablename__ = "campaign_counters"
+    __table_args__ = (UniqueConstraint("campaign_id", "wave", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    wave: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(48))
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CampaignEvent(Base):
+    """One change of a campaign's state (started, wave opened, halted, ...)."""
+
+    __tablename__ = "campaign_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime)
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class ApiKey(Base):
+    """A northbound API key; only the SHA-256 of its secret part is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    key_id: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class WebhookEndpoint(Base):
+    """A receiver of webhook events, with the secret its bodies are signed with."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(1024))
+    secret: Mapped[str] = mapped_column(String(128))
+    events: Mapped[list] = mapped_column(JSON, default=list)  # empty: every event
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class WebhookDelivery(Base):
+    """One webhook event for one endpoint in the durable outbox."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    event: Mapped[str] = mapped_column(String(48))
+    body: Mapped[str] = mapped_column(Text)  # the exact JSON bytes that are signed
+    state: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -1,0 +1,204 @@
+"""Webhooks: signed JSON events for job results and campaign state changes.
+
+Events are written to the ``webhook_deliveries`` outbox in the same
+transaction as the change they report, one row per subscribed endpoint, so
+an event is never lost and never sent for a change that was rolled back.
+:class:`WebhookSender` runs in the server: a Twisted ``LoopingCall`` claims
+due rows through the database pool, POSTs each body with a non-blocking
+HTTP client and records the outcome. DM sessions never wait for it.
+
+Each request carries::
+
+    Content-Type: application/json
+    X-Dmserver-Event: job.finished
+    X-Dmserver-Delivery: 42
+    X-Dmserver-Signature: sha256=<hex HMAC-SHA256 of the body with the endpoint secret>
+
+Any 2xx answer delivers the event. Anything else, or no answer within
+``REQUEST_TIMEOUT_SECONDS``, is retried after ``RETRY_BASE_SECONDS *
+2**(attempts - 1)`` seconds (capped at ``RETRY_MAX_SECONDS``) until
+``MAX_ATTEMPTS`` attempts, when the row is marked failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from twisted.logger import Logger
+
+from .store.models import Job, WebhookDelivery, WebhookEndpoint
+
+log = Logger(namespace="dmserver.webhooks")
+
+SIGNATURE_HEADER = "X-Dmserver-Signature"
+EVENT_HEADER = "X-Dmserver-Event"
+DELIVERY_HEADER = "X-Dmserver-Delivery"
+EVENT_JOB_FINISHED = "job.finished"
+EVENT_CAMPAIGN_STATE = "campaign.state_changed"
+EVENT_CAMPAIGN_WAVE = "campaign.wave_opened"
+EVENTS = (EVENT_JOB_FINISHED, EVENT_CAMPAIGN_STATE, EVENT_CAMPAIGN_WAVE)
+MAX_ATTEMPTS = 8
+RETRY_BASE_SECONDS = 5.0
+RETRY_MAX_SECONDS = 3600.0
+REQUEST_TIMEOUT_SECONDS = 10.0
+# A claimed row is not claimed again by another process for this long.
+CLAIM_SECONDS = 60.0
+BATCH_SIZE = 20
+SECRET_BYTES = 24
+MAX_ERROR_LENGTH = 500
+
+
+def sign(secret: str, body: bytes) -> str:
+    """Return the signature header value for ``body``."""
+    digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def verify(secret: str, body: bytes, header: str) -> bool:
+    """Check a signature header value as a receiver would."""
+    return hmac.compare_digest(sign(secret, body), header.strip())
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(SECRET_BYTES)
+
+
+def check_url(url: str) -> str:
+    """Return ``url`` if it is an absolute http(s) URL; raise ValueError otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"webhook URL must be an absolute http or https URL, got {url!r}")
+    return url
+
+
+def retry_delay(attempts: int) -> float:
+    """Return seconds to wait after the ``attempts``-th failed attempt."""
+    return min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1))
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat() + "Z"
+
+
+def enqueue(session: Session, event: str, data: dict[str, Any], now: datetime) -> int:
+    """Add ``event`` to the outbox of every active endpoint subscribed to it;
+    return the number of rows added."""
+    endpoints = session.scalars(
+        select(WebhookEndpoint).where(WebhookEndpoint.active.is_(True))
+    ).all()
+    added = 0
+    for endpoint in endpoints:
+        if endpoint.events and event not in endpoint.events:
+            continue
+        body = json.dumps(
+            {"event": event, "created_at": _iso(now), "data": data},
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+        session.add(
+            WebhookDelivery(
+                endpoint_id=endpoint.id,
+                event=event,
+                body=body,
+                state="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+        added += 1
+    return added
+
+
+def job_finished(session: Session, job: Job, now: datetime) -> None:
+    """Queue the ``job.finished`` event of a job that reached a final state."""
+    enqueue(
+        session,
+        EVENT_JOB_FINISHED,
+        {
+            "job_id": job.id,
+            "device_id": job.device.device_id,
+            "campaign_id": job.campaign_id,
+            "state": job.state,
+            "target_version": job.target_version,
+            "source_version": job.source_version,
+            "result_code": job.result_code,
+            "result_text": job.result_text,
+            "finished_at": _iso(job.finished_at),
+        },
+        now,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Outbox access, run in the database pool
+
+
+def claim_due(session: Session, now: datetime, limit: int = BATCH_SIZE) -> list[dict[str, Any]]:
+    """Claim up to ``limit`` due deliveries for this process.
+
+    A row is claimed by moving its next_attempt_at forward with a
+    conditional UPDATE, so two server processes never send the same attempt.
+    """
+    rows = session.execute(
+        select(WebhookDelivery, WebhookEndpoint)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
+        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+        .limit(limit)
+    ).all()
+    claimed = []
+    lease = now + timedelta(seconds=CLAIM_SECONDS)
+    for delivery, endpoint in rows:
+        result = session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == delivery.id,
+                WebhookDelivery.state == "pending",
+                WebhookDelivery.next_attempt_at == delivery.next_attempt_at,
+            )
+            .values(next_attempt_at=lease)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            continue
+        claimed.append(
+            {
+                "id": delivery.id,
+                "event": delivery.event,
+                "body": delivery.body,
+                "url": endpoint.url,
+                "secret": endpoint.secret,
+                "attempts": delivery.attempts,
+            }
+        )
+    return claimed
+
+
+def record_attempt(
+    session: Session, delivery_id: int, ok: bool, error: str | None, now: datetime
+) -> str:
+    """Store the outcome of one attempt; return the row's new state."""
+    delivery = session.get(WebhookDelivery, delivery_id)
+    if delivery is None:
+        return "missing"
+    delivery.attempts += 1
+    if ok:
+        delivery.state = "delivered"
+        delivery.delivered_at = now
+        delivery.last_error = None
+        return delivery.state
+    delivery.last_error = (error or "unknown error")[:MAX_ERROR_LENGTH]
+    if delivery.attempts >= MAX_ATTEMPTS:
+        delivery.state = "failed"
+    else:
+        delivery.next_attempt_at = now + timedelta(seconds=retry_delay(delivery.attempts))
+    return delivery.state
