@@ -42,7 +42,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
-# Options needed only when the state directory holds no phone yet.
+# Options needed only when the state directory contains no phone yet.
 CREATION_OPTIONS = (
     ("device", "--device"),
     ("client_password", "--client-password"),
@@ -87,71 +87,153 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="run sessions and firmware updates until the phone is idle"
     )
-    run.add_argument("--state-dir", type=Path, required=True,
-                     help="directory holding the phone's state (created on first run)")
-    run.add_argument("--server", help="DM server URL, e.g. http://127.0.0.1:8080/dm "
-                     "(default: the URL stored on the phone)")
-    run.add_argument("-v", "--verbose", action="store_true", help="also print debug lines")
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        required=True,
+        help="directory holding the phone's state (created on first run)",
+    )
+    run.add_argument(
+        "--server",
+        help="DM server URL, e.g. http://127.0.0.1:8080/dm "
+        "(default: the URL stored on the phone)",
+    )
+    run.add_argument(
+        "-v", "--verbose", action="store_true", help="also print debug lines"
+    )
 
     phone = run.add_argument_group("phone (used when the state directory is new)")
     phone.add_argument("--device", help="device id, e.g. IMEI:490154203237518")
-    phone.add_argument("--client-username", help="client user name (default: device id)")
-    phone.add_argument("--client-password", help="password the phone authenticates with")
-    phone.add_argument("--server-id", default=phone_module.DEFAULT_SERVER_ID,
-                       help="server id the server authenticates with (default: %(default)s)")
-    phone.add_argument("--server-password", help="password the server authenticates with")
+    phone.add_argument(
+        "--client-username", help="client user name (default: device id)"
+    )
+    phone.add_argument(
+        "--client-password", help="password the phone authenticates with"
+    )
+    phone.add_argument(
+        "--server-id",
+        default=phone_module.DEFAULT_SERVER_ID,
+        help="server id the server authenticates with (default: %(default)s)",
+    )
+    phone.add_argument(
+        "--server-password", help="password the server authenticates with"
+    )
     phone.add_argument("--model", help="model name (./DevInfo/Mod)")
     phone.add_argument("--manufacturer", help="manufacturer (./DevInfo/Man)")
-    phone.add_argument("--firmware-version", help="installed firmware version (./DevDetail/FwV)")
+    phone.add_argument(
+        "--firmware-version", help="installed firmware version (./DevDetail/FwV)"
+    )
     phone.add_argument("--firmware", type=Path, help="firmware image file to copy in")
-    phone.add_argument("--cert", type=Path,
-                       help="PEM certificate of the firmware signing key to provision")
-    phone.add_argument("--fumo-node", default=phone_module.DEFAULT_FUMO_NODE,
-                       help="URI of the FUMO node (default: %(default)s)")
+    phone.add_argument(
+        "--cert",
+        type=Path,
+        help="PEM certificate of the firmware signing key to provision",
+    )
+    phone.add_argument(
+        "--fumo-node",
+        default=phone_module.DEFAULT_FUMO_NODE,
+        help="URI of the FUMO node (default: %(default)s)",
+    )
 
     conditions = run.add_argument_group("device conditions and injected faults")
-    conditions.add_argument("--battery", type=_percent,
-                            help="battery charge in percent (stored on the phone)")
-    conditions.add_argument("--min-battery", type=_percent, default=DEFAULT_MIN_BATTERY,
-                            help="minimum charge in percent to start an update; below it "
-                            "the phone reports FUMO 450 (default: %(default)s)")
-    conditions.add_argument("--free-storage", type=_non_negative,
-                            help="free storage in bytes (stored on the phone); a package "
-                            "larger than this is reported as FUMO 501")
-    conditions.add_argument("--corrupt-download", action="store_true",
-                            help="flip a payload byte of the downloaded package (FUMO 402)")
-    conditions.add_argument("--modify-firmware", action="store_true",
-                            help="flip a byte of the firmware image before patching (FUMO 403)")
-    conditions.add_argument("--bad-signature", action="store_true",
-                            help="flip a signature byte of the downloaded package (FUMO 404)")
-    conditions.add_argument("--drop-after", type=_positive, metavar="BYTES",
-                            help="close the download connection once after BYTES bytes "
-                            "and resume with an HTTP Range request")
+    conditions.add_argument(
+        "--battery",
+        type=_percent,
+        help="battery charge in percent (stored on the phone)",
+    )
+    conditions.add_argument(
+        "--min-battery",
+        type=_percent,
+        default=DEFAULT_MIN_BATTERY,
+        help="minimum charge in percent to start an update; below it "
+        "the phone reports FUMO 450 (default: %(default)s)",
+    )
+    conditions.add_argument(
+        "--free-storage",
+        type=_non_negative,
+        help="free storage in bytes (stored on the phone); a package "
+        "larger than this is reported as FUMO 501",
+    )
+    conditions.add_argument(
+        "--corrupt-download",
+        action="store_true",
+        help="flip a payload byte of the downloaded package (FUMO 402)",
+    )
+    conditions.add_argument(
+        "--modify-firmware",
+        action="store_true",
+        help="flip a byte of the firmware image before patching (FUMO 403)",
+    )
+    conditions.add_argument(
+        "--bad-signature",
+        action="store_true",
+        help="flip a signature byte of the downloaded package (FUMO 404)",
+    )
+    conditions.add_argument(
+        "--drop-after",
+        type=_positive,
+        metavar="BYTES",
+        help="close the download connection once after BYTES bytes "
+        "and resume with an HTTP Range request",
+    )
 
     protocol = run.add_argument_group("protocol")
-    protocol.add_argument("--encoding", choices=[e.value for e in Encoding], default="xml",
-                          help="message encoding (default: %(default)s)")
-    protocol.add_argument("--max-msg-size", type=_positive, default=DEFAULT_MAX_MSG_SIZE,
-                          help="MaxMsgSize in bytes the phone advertises (default: %(default)s)")
-    protocol.add_argument("--max-obj-size", type=_positive, default=DEFAULT_MAX_OBJ_SIZE,
-                          help="MaxObjSize in bytes the phone advertises (default: %(default)s)")
-    protocol.add_argument("--auth", choices=["md5", "basic", "hmac"],
-                          help="client authentication (default: md5 on a new phone, then "
-                          "the phone's AAuthPref)")
-    protocol.add_argument("--dm-version", choices=["1.2", "1.1.2"],
-                          help="protocol version (default: 1.2 on a new phone, then the "
-                          "phone's DmV)")
-    protocol.add_argument("--no-server-auth", action="store_true",
-                          help="accept a server that sends no credentials")
-    protocol.add_argument("--max-sessions", type=_positive, default=DEFAULT_MAX_SESSIONS,
-                          help="sessions to run at most before giving up (default: %(default)s)")
-    protocol.add_argument("--server-initiated", metavar="SESSIONID",
-                          help="start with Alert 1200 and this SessionID, as after a "
-                          "server notification")
+    protocol.add_argument(
+        "--encoding",
+        choices=[e.value for e in Encoding],
+        default="xml",
+        help="message encoding (default: %(default)s)",
+    )
+    protocol.add_argument(
+        "--max-msg-size",
+        type=_positive,
+        default=DEFAULT_MAX_MSG_SIZE,
+        help="MaxMsgSize in bytes the phone advertises (default: %(default)s)",
+    )
+    protocol.add_argument(
+        "--max-obj-size",
+        type=_positive,
+        default=DEFAULT_MAX_OBJ_SIZE,
+        help="MaxObjSize in bytes the phone advertises (default: %(default)s)",
+    )
+    protocol.add_argument(
+        "--auth",
+        choices=["md5", "basic", "hmac"],
+        help="client authentication (default: md5 on a new phone, then "
+        "the phone's AAuthPref)",
+    )
+    protocol.add_argument(
+        "--dm-version",
+        choices=["1.2", "1.1.2"],
+        help="protocol version (default: 1.2 on a new phone, then the " "phone's DmV)",
+    )
+    protocol.add_argument(
+        "--no-server-auth",
+        action="store_true",
+        help="accept a server that sends no credentials",
+    )
+    protocol.add_argument(
+        "--max-sessions",
+        type=_positive,
+        default=DEFAULT_MAX_SESSIONS,
+        help="sessions to run at most before giving up (default: %(default)s)",
+    )
+    protocol.add_argument(
+        "--server-initiated",
+        metavar="SESSIONID",
+        help="start with Alert 1200 and this SessionID, as after a "
+        "server notification",
+    )
 
-    show = commands.add_parser("show", help="print the phone's DM tree and pending work")
-    show.add_argument("--state-dir", type=Path, required=True,
-                      help="directory holding the phone's state")
+    show = commands.add_parser(
+        "show", help="print the phone's DM tree and pending work"
+    )
+    show.add_argument(
+        "--state-dir",
+        type=Path,
+        required=True,
+        help="directory holding the phone's state",
+    )
     return parser
 
 
@@ -177,7 +259,10 @@ def _open_phone(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Ph
             args.state_dir,
             phone.firmware_version,
         )
-        if args.cert is not None and args.cert.read_bytes() != phone.cert_path.read_bytes():
+        if (
+            args.cert is not None
+            and args.cert.read_bytes() != phone.cert_path.read_bytes()
+        ):
             logger.warning(
                 "--cert %s differs from the certificate provisioned in %s; the "
                 "provisioned one is used",
@@ -188,7 +273,7 @@ def _open_phone(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Ph
     missing = [flag for name, flag in CREATION_OPTIONS if getattr(args, name) is None]
     if missing:
         parser.error(
-            f"{args.state_dir} holds no phone yet; creating one needs "
+            f"{args.state_dir} contains no phone yet; creating one needs "
             f"{', '.join(missing)}"
         )
     return Phone.create(
@@ -206,7 +291,9 @@ def _open_phone(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Ph
         server_url=args.server or "",
         auth_scheme=args.auth or "md5",
         dm_version=args.dm_version or "1.2",
-        battery=args.battery if args.battery is not None else phone_module.DEFAULT_BATTERY,
+        battery=(
+            args.battery if args.battery is not None else phone_module.DEFAULT_BATTERY
+        ),
         free_storage=(
             args.free_storage
             if args.free_storage is not None
@@ -250,7 +337,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if report.reported_codes:
         codes = ", ".join(str(code) for code in report.reported_codes)
         print(f"dmsim: FUMO results reported: {codes}")
-    print(f"dmsim: idle; firmware {report.firmware_version} sha256 {report.firmware_sha256}")
+    print(
+        f"dmsim: idle; firmware {report.firmware_version} "
+        f"sha256 {report.firmware_sha256}"
+    )
     return EXIT_OK
 
 
@@ -275,7 +365,10 @@ def _show(args: argparse.Namespace) -> int:
     if phone.download is not None and phone.partial_path.exists():
         size = phone.partial_path.stat().st_size
         print(f"partial download: {size} bytes of {phone.download.url}")
-    print(f"firmware image: {phone.image_sha256()} ({phone.image_path.stat().st_size} bytes)")
+    print(
+        f"firmware image: {phone.image_sha256()} "
+        f"({phone.image_path.stat().st_size} bytes)"
+    )
     return EXIT_OK
 
 

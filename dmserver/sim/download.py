@@ -158,7 +158,9 @@ def open_http(
             raise ValueError(f"not an http or https URL: {url!r}")
         if parts.scheme == "https":
             connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-                parts.hostname, parts.port, timeout=timeout,
+                parts.hostname,
+                parts.port,
+                timeout=timeout,
                 context=ssl.create_default_context(),
             )
         else:
@@ -186,11 +188,14 @@ def open_http(
     raise HttpError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
 
 
-def _read_limited(response: http.client.HTTPResponse, limit: int, what: str) -> bytes:
+def _read_limited(
+    response: http.client.HTTPResponse, limit: int, description: str
+) -> bytes:
     data = response.read(limit + 1)
     if len(data) > limit:
         raise FumoFailure(
-            RESULT_SERVER_ERROR, f"{what} is larger than the limit of {limit} bytes"
+            RESULT_SERVER_ERROR,
+            f"{description} is larger than the limit of {limit} bytes",
         )
     return data
 
@@ -214,11 +219,11 @@ def _result_for_http_status(status: int) -> int:
 def fetch_descriptor(
     url: str, timeout: float = HTTP_TIMEOUT_SECONDS
 ) -> tuple[dd.DownloadDescriptor | None, bytes | None]:
-    """GET PkgURL; return its download descriptor, or the body itself.
+    """GET PkgURL and return its download descriptor, or the body itself.
 
-    A PkgURL that serves anything other than application/vnd.oma.dd+xml is
-    taken to be the package itself, which FUMO also allows; the body is
-    then returned as the second element.
+    FUMO also allows PkgURL to point at the package. So a PkgURL that
+    serves anything other than application/vnd.oma.dd+xml is taken to be
+    the package, and its body is returned as the second element.
 
     Raises:
         FumoFailure: 411 for an invalid URL, 412 when the server cannot be
@@ -244,13 +249,16 @@ def fetch_descriptor(
         if media_type.lower() != dd.DD_MEDIA_TYPE:
             logger.info(
                 "PkgURL served %s, not a download descriptor; using the body as "
-                "the package", media_type or "no Content-Type",
+                "the package",
+                media_type or "no Content-Type",
             )
             body = _read_limited(response, pkg.MAX_PAYLOAD_SIZE, "package")
             return None, body
         body = _read_limited(response, dd.MAX_DESCRIPTOR_SIZE, "download descriptor")
     except (OSError, http.client.HTTPException) as error:
-        raise FumoFailure(RESULT_NETWORK_FAILURE, f"reading {url} failed: {error}") from None
+        raise FumoFailure(
+            RESULT_NETWORK_FAILURE, f"reading {url} failed: {error}"
+        ) from None
     finally:
         connection.close()
 
@@ -269,7 +277,9 @@ def fetch_descriptor(
     return descriptor, None
 
 
-def post_install_notify(url: str, status: int, timeout: float = HTTP_TIMEOUT_SECONDS) -> int | None:
+def post_install_notify(
+    url: str, status: int, timeout: float = HTTP_TIMEOUT_SECONDS
+) -> int | None:
     """POST the install notify for ``status``; return the HTTP status or None.
 
     A failed notify is logged and not raised: the Generic Alert still
@@ -315,8 +325,8 @@ def download_object(
     """Download ``url`` into the phone's partial file, resuming as needed.
 
     A partial file left by an earlier attempt, or by an earlier run, is
-    resumed with ``Range: bytes=N-`` and ``If-Range: <ETag>``. The server's
-    answer decides: 206 appends from N, 200 restarts from zero, 416 drops
+    resumed with ``Range: bytes=N-`` and ``If-Range: <ETag>``. The response
+    status decides: 206 appends from N, 200 restarts from zero, 416 drops
     the partial file and restarts.
 
     Raises:
@@ -386,7 +396,7 @@ def _download_attempt(
     """Run one GET of the object; return whether the injected drop happened.
 
     Raises _InjectedDrop, OSError or HTTPException when the transfer stops
-    before the end; the partial file then holds what arrived.
+    before the end. The partial file then contains the bytes received.
     """
     record = phone.download
     try:
@@ -395,7 +405,7 @@ def _download_attempt(
         raise FumoFailure(RESULT_BAD_URL, f"invalid objectURI: {error}") from None
     try:
         if response.status == 416:
-            logger.info("server answered 416 to the range; restarting from zero")
+            logger.info("server returned 416 for the range; restarting from zero")
             response.read()
             phone.partial_path.unlink(missing_ok=True)
             raise http.client.HTTPException("range not satisfiable (416)")
@@ -509,11 +519,15 @@ def _payload_offset(data: bytes) -> int:
 def _inject_package_faults(data: bytes, options: UpdateOptions) -> bytes:
     if options.corrupt_download and data:
         offset = _payload_offset(data)
-        logger.info("flipping package byte %d in the payload (--corrupt-download)", offset)
+        logger.info(
+            "flipping package byte %d in the payload (--corrupt-download)", offset
+        )
         data = flip_byte(data, min(offset, len(data) - 1))
     if options.bad_signature and len(data) >= pkg.SIGNATURE_SIZE:
         offset = len(data) - pkg.SIGNATURE_SIZE // 2
-        logger.info("flipping package byte %d in the signature (--bad-signature)", offset)
+        logger.info(
+            "flipping package byte %d in the signature (--bad-signature)", offset
+        )
         data = flip_byte(data, offset)
     return data
 
@@ -523,10 +537,11 @@ def _inject_package_faults(data: bytes, options: UpdateOptions) -> bytes:
 
 
 def perform_fumo_job(phone: Phone, job: FumoJob, options: UpdateOptions) -> FumoReport:
-    """Carry out ``job`` and store its report as pending; return the report.
+    """Carry out ``job``, store its report as pending and return the report.
 
-    Never raises for a failed operation: the failure becomes the result
-    code of the report, as on a real phone.
+    A failed operation (:class:`FumoFailure`) becomes the result code of
+    the report, as on a real phone. Only local errors, such as a full disk
+    in the state directory, raise.
     """
     logger.info(
         "starting %s for %s (correlator %s)",
@@ -579,7 +594,9 @@ def _run_download(phone: Phone, job: FumoJob, options: UpdateOptions) -> None:
         phone.set_fumo_state(fumo.FumoState.DOWNLOAD_PROGRESSING, job.fumo_node)
         phone.save()
         if descriptor is not None:
-            data = download_object(phone, descriptor.object_uri, descriptor.size, options)
+            data = download_object(
+                phone, descriptor.object_uri, descriptor.size, options
+            )
             if len(data) != descriptor.size:
                 raise FumoFailure(
                     RESULT_CORRUPTED_PACKAGE,
@@ -600,12 +617,16 @@ def _run_download(phone: Phone, job: FumoJob, options: UpdateOptions) -> None:
             _install(phone, job, manifest, payload, options)
     except FumoFailure as failure:
         if notify_uri:
-            post_install_notify(notify_uri, install_status_for(failure.result_code), options.timeout)
-        if failure.update_stage or update:
-            phone.package_path.unlink(missing_ok=True)
+            post_install_notify(
+                notify_uri, install_status_for(failure.result_code), options.timeout
+            )
+        # A package that failed is never kept for a later Update.
+        phone.package_path.unlink(missing_ok=True)
         raise
     if notify_uri:
-        post_install_notify(notify_uri, install_status_for(RESULT_SUCCESS), options.timeout)
+        post_install_notify(
+            notify_uri, install_status_for(RESULT_SUCCESS), options.timeout
+        )
 
 
 def _run_update_only(phone: Phone, job: FumoJob, options: UpdateOptions) -> None:
@@ -654,7 +675,9 @@ def _keep_package(phone: Phone, data: bytes) -> None:
     phone.download = None
 
 
-def _verify(phone: Phone, data: bytes, options: UpdateOptions) -> tuple[pkg.Manifest, bytes]:
+def _verify(
+    phone: Phone, data: bytes, options: UpdateOptions
+) -> tuple[pkg.Manifest, bytes]:
     data = _inject_package_faults(data, options)
     try:
         certificate = load_certificate(phone.cert_path)
@@ -665,7 +688,9 @@ def _verify(phone: Phone, data: bytes, options: UpdateOptions) -> tuple[pkg.Mani
     try:
         manifest, payload = pkg.verify_package(data, certificate)
     except pkg.PackageError as error:
-        raise FumoFailure(error.fumo_result_code, f"package rejected: {error}") from None
+        raise FumoFailure(
+            error.fumo_result_code, f"package rejected: {error}"
+        ) from None
     logger.info(
         "package signature valid: %s %s -> %s (%s, %d bytes payload)",
         manifest.model,
@@ -699,7 +724,9 @@ def _install(
     current = phone.read_image()
     if options.modify_firmware and current:
         offset = len(current) // 2
-        logger.info("flipping image byte %d before patching (--modify-firmware)", offset)
+        logger.info(
+            "flipping image byte %d before patching (--modify-firmware)", offset
+        )
         current = flip_byte(current, offset)
         phone.replace_image(current)
     try:

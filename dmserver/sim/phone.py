@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,8 +60,8 @@ DEFAULT_SERVER_ID = "dmserver"
 DEFAULT_FUMO_NODE = "./FUMO/x"
 DEFAULT_LANGUAGE = "en-US"
 DEFAULT_BATTERY = 100  # percent
-# Free flash for downloads and the new image, in bytes. 64 MiB holds any
-# image of the fixtures and corpus several times over.
+# Free flash for downloads and the new image, in bytes. 64 MiB is several
+# times the largest image of the fixtures and the firmware corpus (4.7 MB).
 DEFAULT_FREE_STORAGE = 64 * 1024 * 1024
 
 # Node formats (DM Tree and Description: chr, int, bool, b64, bin, node ...).
@@ -190,9 +189,9 @@ class DMTree:
         uri = normalize_uri(uri)
         prefix = "./" if uri == "." else uri + "/"
         return [
-            path[len(prefix):]
+            path[len(prefix) :]
             for path in self.nodes
-            if path.startswith(prefix) and "/" not in path[len(prefix):]
+            if path.startswith(prefix) and "/" not in path[len(prefix) :]
         ]
 
     def set_node(self, uri: str, node: Node) -> None:
@@ -232,13 +231,18 @@ class DMTree:
         return cls({path: Node.from_json(node) for path, node in data.items()})
 
 
-def leaf(value: str, access: set[str] | frozenset[str] = frozenset({GET}),
-         format: str = FORMAT_CHR, type: str = "text/plain") -> Node:
+def leaf(
+    value: str,
+    access: set[str] | frozenset[str] = frozenset({GET}),
+    format: str = FORMAT_CHR,
+    type: str = "text/plain",
+) -> Node:
     return Node(format=format, value=value, access=frozenset(access), type=type)
 
 
-def interior(access: set[str] | frozenset[str] = frozenset({GET}),
-             type: str | None = None) -> Node:
+def interior(
+    access: set[str] | frozenset[str] = frozenset({GET}), type: str | None = None
+) -> Node:
     return Node(format=FORMAT_NODE, access=frozenset(access), type=type)
 
 
@@ -357,15 +361,15 @@ class Phone:
         The nonces start at the factory value "null".
 
         Raises:
-            PhoneStateError: ``state_dir`` already holds a phone.
+            PhoneStateError: ``state_dir`` already contains a phone.
             ValueError: an invalid authentication scheme, DM version or
                 FUMO node.
         """
         state_dir = Path(state_dir)
         if (state_dir / STATE_FILE).exists():
             raise PhoneStateError(
-                f"{state_dir} already holds a phone; use Phone.load or remove "
-                "the directory to start over"
+                f"{state_dir} already contains a phone; load it with Phone.load or "
+                "remove the directory to start over"
             )
         if auth_scheme not in AUTH_PREF_BY_SCHEME:
             raise ValueError(
@@ -410,7 +414,9 @@ class Phone:
         for path, node in nodes.items():
             tree.set_node(path, node)
 
-        phone = cls(state_dir=state_dir, tree=tree, account=account, fumo_node=fumo_node)
+        phone = cls(
+            state_dir=state_dir, tree=tree, account=account, fumo_node=fumo_node
+        )
         phone.save()
         logger.info(
             "created phone %s (%s %s, firmware %s, %d bytes) in %s",
@@ -440,7 +446,7 @@ class Phone:
             data = json.loads(path.read_text("utf-8"))
         except FileNotFoundError:
             raise PhoneStateError(
-                f"{state_dir} holds no phone ({STATE_FILE} not found); create "
+                f"{state_dir} contains no phone ({STATE_FILE} not found); create "
                 "one with 'dmsim run' and the phone options"
             ) from None
         except (OSError, ValueError) as error:
@@ -452,15 +458,20 @@ class Phone:
             )
         job = data.get("pending_job")
         download = data.get("download")
-        return cls(
-            state_dir=state_dir,
-            tree=DMTree.from_json(data["tree"]),
-            account=data["account"],
-            fumo_node=data["fumo_node"],
-            pending_job=FumoJob(**job) if job else None,
-            pending_reports=[FumoReport(**r) for r in data.get("pending_reports", [])],
-            download=DownloadRecord(**download) if download else None,
-        )
+        try:
+            return cls(
+                state_dir=state_dir,
+                tree=DMTree.from_json(data["tree"]),
+                account=data["account"],
+                fumo_node=data["fumo_node"],
+                pending_job=FumoJob(**job) if job else None,
+                pending_reports=[
+                    FumoReport(**report) for report in data.get("pending_reports", [])
+                ],
+                download=DownloadRecord(**download) if download else None,
+            )
+        except (KeyError, TypeError) as error:
+            raise PhoneStateError(f"{path} is damaged: {error!r}") from None
 
     def save(self) -> None:
         """Write the state file atomically (temporary file, fsync, rename)."""
@@ -641,8 +652,9 @@ class Phone:
             node.format = format
         return StatusCode.OK
 
-    def add(self, uri: str, data: str | bytes | None, format: str | None,
-            type: str | None) -> int:
+    def add(
+        self, uri: str, data: str | bytes | None, format: str | None, type: str | None
+    ) -> int:
         """Run an Add of a leaf or interior node and return the status code."""
         uri = normalize_uri(uri)
         if uri == "." or "?" in uri:
@@ -683,7 +695,7 @@ class Phone:
         return StatusCode.OK
 
     def execute(self, uri: str, correlator: str | None) -> int:
-        """Run an Exec; a FUMO operation is accepted (202) and queued.
+        """Run an Exec: accept (202) and queue a FUMO operation.
 
         Returns 404 for a missing node, 405 for a node without Exec access,
         for a second operation while one is queued, and for Update without a
@@ -841,15 +853,5 @@ def _write_atomically(path: Path, data: bytes) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def copy_file_atomically(source: Path, target: Path) -> None:
-    """Copy ``source`` over ``target`` so that readers see old or new, never half."""
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)

@@ -9,16 +9,16 @@ session is over. A session runs like this (OMA DM Protocol 1.2):
   MaxMsgSize/MaxObjSize and the client credentials; Alert 1201 (1200 for a
   session a server notification asked for); Replace of the ./DevInfo
   leaves; a Generic Alert (1226) for every FUMO result not yet delivered.
-- Each server reply: its SyncHdr Status tells whether the phone is
-  authenticated (200/212); 401 or 407 with a Chal makes the phone resend
-  package 1 once with a credential made from the NextNonce. The phone checks
-  the server's credential against the nonce it issued, answers 212 (with a
-  Chal carrying the next server nonce) or 401/407, and aborts after a
-  second failure.
-- The phone answers every server command with a Status (MsgRef, CmdRef,
-  Cmd, TargetRef), Get with Results, and queues an accepted FUMO Exec.
-- The session ends when a server message has Final and nothing that needs
-  an answer. A message without Final is answered with Alert 1222 (next
+- Each server reply: its SyncHdr Status shows whether the phone is
+  authenticated (200/212). At 401 or 407 with a Chal the phone resends
+  package 1 once, with a credential made from the NextNonce. The phone
+  checks the server's credential against the nonce it issued and returns
+  212 (with a Chal carrying the next server nonce) or 401/407. It aborts
+  after a second failure.
+- The phone sends a Status (MsgRef, CmdRef, Cmd, TargetRef) for every
+  server command and Results for a Get, and queues an accepted FUMO Exec.
+- The session ends when a server message has Final and no command that
+  needs a reply. A message without Final is answered with Alert 1222 (next
   message); chunked items (MoreData) are answered with 213 until complete.
 
 :func:`run_session` drives one session over HTTP, and :func:`run_until_idle`
@@ -39,7 +39,7 @@ import http.client
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Protocol
 
 from ..syncml import auth
 from ..syncml.codec import CodecError, Encoding, decode_message, encode_message
@@ -81,8 +81,8 @@ SCHEME_BY_AUTH_TYPE = {
     auth_type.lower(): scheme for scheme, auth_type in AUTH_TYPE_BY_SCHEME.items()
 }
 PROTOCOL_BY_DM_VERSION = {"1.2": ("1.2", "DM/1.2"), "1.1.2": ("1.1", "DM/1.1")}
-# Answers to the user interaction alerts: the simulated user accepts and
-# picks the first choice.
+# User interaction alerts the phone accepts. The simulated user confirms
+# and picks the first choice.
 USER_INTERACTION_ALERTS = {
     AlertCode.DISPLAY,
     AlertCode.CONFIRM_OR_REJECT,
@@ -176,7 +176,9 @@ def new_session_id() -> str:
 class ClientSession:
     """The DM client engine for one session of ``phone`` with a server."""
 
-    def __init__(self, phone: Phone, server_url: str, config: SessionConfig | None = None):
+    def __init__(
+        self, phone: Phone, server_url: str, config: SessionConfig | None = None
+    ):
         self.phone = phone
         self.config = config or SessionConfig()
         self.server_url = server_url
@@ -184,7 +186,9 @@ class ClientSession:
         self.session_id = self.config.session_id or new_session_id()
         self.dm_version = self.config.dm_version or phone.dm_version
         if self.dm_version not in PROTOCOL_BY_DM_VERSION:
-            raise ValueError(f"DM version must be 1.2 or 1.1.2, got {self.dm_version!r}")
+            raise ValueError(
+                f"DM version must be 1.2 or 1.1.2, got {self.dm_version!r}"
+            )
         self.scheme = self.config.auth or phone.auth_scheme
         if self.scheme not in AUTH_TYPE_BY_SCHEME:
             raise ValueError(
@@ -253,9 +257,9 @@ class ClientSession:
         self.phone.save()
         statuses_only = all(command.name == "Status" for command in message.commands)
         if not accepted and code == StatusCode.MISSING_CREDENTIALS and statuses_only:
-            # Such a message asks the phone to do nothing, so it is read: its
-            # statuses may end the session or challenge the phone. The 407
-            # asks the server to authenticate in its next message.
+            # Such a message requests nothing of the phone, so it is read,
+            # because its statuses may end the session or challenge the phone.
+            # The 407 requests credentials in the server's next message.
             logger.info(
                 "session %s: server sent no credentials in a message of statuses "
                 "only; reading its statuses",
@@ -268,8 +272,13 @@ class ClientSession:
         resend = self._read_statuses(message)
 
         # Step 4: the server's commands.
-        if any(_is_alert(command, AlertCode.SESSION_ABORT) for command in message.commands):
-            logger.info("session %s: the server aborted the session (Alert 1223)", self.session_id)
+        if any(
+            _is_alert(command, AlertCode.SESSION_ABORT) for command in message.commands
+        ):
+            logger.info(
+                "session %s: the server aborted the session (Alert 1223)",
+                self.session_id,
+            )
             self.result.aborted_by_server = True
             return self._end()
         replies = [_Queued(reply) for reply in self._execute_all(message)]
@@ -279,7 +288,7 @@ class ClientSession:
         else:
             self._queue = replies + self._queue
 
-        # Step 5: end, or answer.
+        # Step 5: end the session, or send the reply.
         needs_reply = any(
             command.name not in ("Status", "Results") for command in message.commands
         )
@@ -352,7 +361,11 @@ class ClientSession:
         username = self.phone.client_username
         password = self.phone.client_password
         if self.scheme == "basic":
-            return Cred(type=AUTH_BASIC, format="b64", data=auth.basic_credential(username, password))
+            return Cred(
+                type=AUTH_BASIC,
+                format="b64",
+                data=auth.basic_credential(username, password),
+            )
         digest = auth.md5_digest(username, password, self.phone.client_nonce)
         return Cred(type=AUTH_MD5, format="b64", data=digest)
 
@@ -374,7 +387,9 @@ class ClientSession:
         head = [header_status] if header_status is not None else []
         tail = list(extra or [])
         if request_next:
-            tail.append(Command(name="Alert", cmd_id="", data=str(int(AlertCode.NEXT_MESSAGE))))
+            tail.append(
+                Command(name="Alert", cmd_id="", data=str(int(AlertCode.NEXT_MESSAGE)))
+            )
 
         chosen: list[_Queued] = []
         limit = self._server_max_msg_size
@@ -384,7 +399,9 @@ class ClientSession:
             # sent whole; outgoing items are never split into chunks.
             if limit is not None and chosen:
                 final = len(self._queue) == 1
-                trial = _numbered(header, head + [q.command for q in candidate] + tail, final)
+                trial = _numbered(
+                    header, head + [q.command for q in candidate] + tail, final
+                )
                 if len(self._encode(trial)) > limit:
                     break
             chosen.append(self._queue.pop(0))
@@ -405,7 +422,9 @@ class ClientSession:
                 self.phone.client_nonce,
                 body,
             )
-            headers[HMAC_HEADER] = auth.format_hmac_header(self.phone.client_username, mac)
+            headers[HMAC_HEADER] = auth.format_hmac_header(
+                self.phone.client_username, mac
+            )
         self.result.messages_sent += 1
         logger.info(
             "session %s: sending message %s (%d bytes%s): %s",
@@ -415,7 +434,9 @@ class ClientSession:
             "" if final else ", more to follow",
             _summary(numbered),
         )
-        return OutgoingMessage(url=self.url, body=body, headers=headers, message=message)
+        return OutgoingMessage(
+            url=self.url, body=body, headers=headers, message=message
+        )
 
     def _encode(self, message: Message) -> bytes:
         return encode_message(message, self.config.encoding)
@@ -454,7 +475,9 @@ class ClientSession:
         try:
             return decode_message(body, content_type).message
         except CodecError as error:
-            raise SessionError(f"server reply is not a valid SyncML message: {error}") from None
+            raise SessionError(
+                f"server reply is not a valid SyncML message: {error}"
+            ) from None
 
     def _read_header(self, message: Message) -> None:
         header = message.header
@@ -470,7 +493,9 @@ class ClientSession:
                 self.phone.device_id,
             )
         if header.resp_uri and header.resp_uri != self.url:
-            logger.debug("session %s: server set RespURI %s", self.session_id, header.resp_uri)
+            logger.debug(
+                "session %s: server set RespURI %s", self.session_id, header.resp_uri
+            )
             self.url = header.resp_uri
         if header.meta is not None and header.meta.max_msg_size:
             self._server_max_msg_size = header.meta.max_msg_size
@@ -497,11 +522,11 @@ class ClientSession:
                 self._on_report_status(queued.report, code)
             elif code >= 300:
                 logger.info(
-                    "session %s: server answered %s (CmdRef %s) with %d",
+                    "session %s: server returned %d for %s (CmdRef %s)",
                     self.session_id,
+                    code,
                     command.cmd,
                     command.cmd_ref,
-                    code,
                 )
         return resend
 
@@ -518,8 +543,8 @@ class ClientSession:
             )
         else:
             logger.info(
-                "session %s: server answered the Generic Alert with %d; it stays "
-                "pending",
+                "session %s: server returned %d for the Generic Alert, so the "
+                "result stays pending",
                 self.session_id,
                 code,
             )
@@ -528,7 +553,9 @@ class ClientSession:
         code = _status_code(status)
         if status.chal is not None and status.chal.next_nonce:
             self.phone.client_nonce = auth.decode_nonce(status.chal.next_nonce)
-            logger.debug("session %s: server issued a new client nonce", self.session_id)
+            logger.debug(
+                "session %s: server issued a new client nonce", self.session_id
+            )
         if code in (StatusCode.OK, StatusCode.AUTHENTICATION_ACCEPTED):
             if not self.result.client_authenticated:
                 logger.info(
@@ -539,7 +566,10 @@ class ClientSession:
             self.result.client_authenticated = True
             return False
         if code not in (StatusCode.INVALID_CREDENTIALS, StatusCode.MISSING_CREDENTIALS):
-            raise SessionError(f"server answered the SyncHdr with status {code}")
+            raise SessionError(
+                f"server returned status {code} for the SyncHdr; expected 200, 212, "
+                "401 or 407"
+            )
         if status.chal is None:
             raise AuthenticationError(
                 f"server rejected the phone's credentials with {code} and sent no "
@@ -552,7 +582,9 @@ class ClientSession:
             )
         scheme = SCHEME_BY_AUTH_TYPE.get((status.chal.type or "").strip().lower())
         if scheme is not None and scheme != self.scheme:
-            logger.info("session %s: server asks for %s authentication", self.session_id, scheme)
+            logger.info(
+                "session %s: server asks for %s authentication", self.session_id, scheme
+            )
             self.scheme = scheme
         self._client_auth_retries += 1
         logger.info(
@@ -585,8 +617,10 @@ class ClientSession:
         if first:
             logger.info("session %s: server authenticated", self.session_id)
         # A new server nonce once per session, for the next session.
-        return True, StatusCode.AUTHENTICATION_ACCEPTED, (
-            self._server_chal(auth_type) if first else None
+        return (
+            True,
+            StatusCode.AUTHENTICATION_ACCEPTED,
+            (self._server_chal(auth_type) if first else None),
         )
 
     def _check_server_credential(
@@ -635,7 +669,7 @@ class ClientSession:
         )
 
     def _reject_server(self, header_status: Command, code: int) -> OutgoingMessage:
-        """Answer a rejected server message: challenge once, then abort."""
+        """Reply to a rejected server message: challenge once, then abort."""
         self._server_auth_failures += 1
         if self._server_auth_failures < MAX_SERVER_AUTH_FAILURES:
             # The server's commands are not executed; it must resend them.
@@ -679,8 +713,12 @@ class ClientSession:
         }
         handler = handlers.get(command.name)
         if handler is None:
-            logger.info("session %s: %s is not supported (406)", self.session_id, command.name)
-            replies = [_status(msg_ref, command, StatusCode.OPTIONAL_FEATURE_NOT_SUPPORTED)]
+            logger.info(
+                "session %s: %s is not supported (406)", self.session_id, command.name
+            )
+            replies = [
+                _status(msg_ref, command, StatusCode.OPTIONAL_FEATURE_NOT_SUPPORTED)
+            ]
         else:
             replies = handler(msg_ref, command)
         if command.no_resp:
@@ -762,9 +800,13 @@ class ClientSession:
             return [_status(msg_ref, command, StatusCode.OK)]
         if code not in USER_INTERACTION_ALERTS:
             logger.info(
-                "session %s: Alert %s is not supported (406)", self.session_id, command.data
+                "session %s: Alert %s is not supported (406)",
+                self.session_id,
+                command.data,
             )
-            return [_status(msg_ref, command, StatusCode.OPTIONAL_FEATURE_NOT_SUPPORTED)]
+            return [
+                _status(msg_ref, command, StatusCode.OPTIONAL_FEATURE_NOT_SUPPORTED)
+            ]
         texts = [item.data for item in command.items if isinstance(item.data, str)]
         logger.info(
             "session %s: user interaction Alert %d: %s",
@@ -788,7 +830,8 @@ class ClientSession:
         for child in command.commands:
             replies.extend(self._execute(msg_ref, child))
         failed = [
-            reply for reply in replies
+            reply
+            for reply in replies
             if reply.name == "Status" and not is_success(_status_code(reply))
         ]
         if not failed:
@@ -800,7 +843,9 @@ class ClientSession:
             if reply.name != "Status":
                 continue
             if is_success(_status_code(reply)):
-                reply = dataclasses.replace(reply, data=str(int(StatusCode.ATOMIC_ROLLBACK_OK)))
+                reply = dataclasses.replace(
+                    reply, data=str(int(StatusCode.ATOMIC_ROLLBACK_OK))
+                )
             rolled_back.append(reply)
         logger.info("session %s: Atomic failed; rolled back", self.session_id)
         return [_status(msg_ref, command, StatusCode.ATOMIC_FAILED)] + rolled_back
@@ -821,15 +866,18 @@ class ClientSession:
     ) -> tuple[str | bytes | None, str | None, str | None, int | None]:
         """Return (data, format, type, status) for a Replace or Add item.
 
-        A status other than None answers the item without executing it: 213
-        for a chunk of a large object, 413, 424 or 412 for a rejected one.
+        A status other than None is the reply to the item, which is then not
+        executed: 213 for a chunk of a large object, 413, 424 or 412 for a
+        rejected one.
         """
         meta = item.meta or Meta()
         command_meta = command.meta or Meta()
         format = (meta.format or command_meta.format or "").lower() or None
         type = meta.type or command_meta.type
         large = self._large_object
-        if large is not None and (large.target != item.target or large.command != command.name):
+        if large is not None and (
+            large.target != item.target or large.command != command.name
+        ):
             self._abandon_large_object()
             large = None
 
@@ -868,7 +916,7 @@ class ClientSession:
         sizes = {len(data), len(base64.b64encode(data))}
         if large.size not in sizes:
             logger.info(
-                "session %s: chunked item for %s has %d bytes, Meta Size said %d",
+                "session %s: chunked item for %s has %d bytes, Meta Size was %d",
                 self.session_id,
                 large.target,
                 len(data),
@@ -984,6 +1032,14 @@ class HttpResponse:
     body: bytes
 
 
+class Transport(Protocol):
+    """Anything that POSTs a message and returns the HTTP response."""
+
+    def post(
+        self, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> HttpResponse: ...
+
+
 class HttpTransport:
     """POSTs SyncML messages with http.client."""
 
@@ -999,11 +1055,15 @@ class HttpTransport:
         try:
             data = response.read(MAX_REPLY_SIZE + 1)
         except (OSError, http.client.HTTPException) as error:
-            raise SessionError(f"reading the reply from {url} failed: {error}") from None
+            raise SessionError(
+                f"reading the reply from {url} failed: {error}"
+            ) from None
         finally:
             connection.close()
         if len(data) > MAX_REPLY_SIZE:
-            raise SessionError(f"reply from {url} is larger than {MAX_REPLY_SIZE} bytes")
+            raise SessionError(
+                f"reply from {url} is larger than {MAX_REPLY_SIZE} bytes"
+            )
         return HttpResponse(
             status=response.status,
             reason=response.reason,
@@ -1016,13 +1076,13 @@ def run_session(
     phone: Phone,
     server_url: str,
     config: SessionConfig | None = None,
-    transport: HttpTransport | None = None,
+    transport: Transport | None = None,
 ) -> SessionResult:
     """Run one DM session over HTTP and return what it achieved.
 
     Raises:
-        SessionError: the server is unreachable, answered with an HTTP error
-            or broke the protocol. AuthenticationError: credentials were
+        SessionError: the server is unreachable, returned an HTTP error or
+            broke the protocol. AuthenticationError: credentials were
             rejected.
     """
     transport = transport or HttpTransport()
@@ -1034,7 +1094,7 @@ def run_session(
             break
         if response.status != 200:
             raise SessionError(
-                f"DM server answered HTTP {response.status} {response.reason} "
+                f"DM server returned HTTP {response.status} {response.reason} "
                 f"to message {outgoing.message.header.msg_id} at {outgoing.url}"
             )
         outgoing = session.receive(
@@ -1057,7 +1117,7 @@ class RunOptions:
 
 @dataclass
 class RunReport:
-    """What :func:`run_until_idle` did."""
+    """Summary of a :func:`run_until_idle` run."""
 
     sessions: int
     reported_codes: list[int]
@@ -1074,7 +1134,7 @@ def run_until_idle(
     phone: Phone,
     server_url: str,
     options: RunOptions | None = None,
-    transport: HttpTransport | None = None,
+    transport: Transport | None = None,
 ) -> RunReport:
     """Run sessions and FUMO work until the phone has nothing left to do.
 
@@ -1088,7 +1148,9 @@ def run_until_idle(
         NotIdleError: still not idle after ``options.max_sessions`` sessions.
     """
     options = options or RunOptions()
-    report = RunReport(sessions=0, reported_codes=[], firmware_version="", firmware_sha256="")
+    report = RunReport(
+        sessions=0, reported_codes=[], firmware_version="", firmware_sha256=""
+    )
     config = options.session
     while True:
         if phone.pending_job is not None:
