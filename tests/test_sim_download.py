@@ -4,7 +4,7 @@ A small HTTP server on 127.0.0.1 (http.server in a thread) serves a
 hand-written OMA DL download descriptor, a real signed delta package built
 with dmserver.fota from the libexpat firmware fixtures, and records install
 notify POSTs. It can drop the connection once mid-body, ignore Range, or
-answer 416, to exercise each resume path. Expected image digests are the
+return 416, to exercise each resume path. Expected image digests are the
 SHA-256 sums published in fixtures/firmware/PROVENANCE.md.
 """
 
@@ -150,10 +150,13 @@ def make_handler(state: DownloadServer):
             if_range = headers.get("if-range")
             if state.answer_416_once and match:
                 state.answer_416_once = False
-                self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{len(data)}"})
+                self._send(
+                    416, b"", "text/plain", {"Content-Range": f"bytes */{len(data)}"}
+                )
                 return
             if match and not state.ignore_range and (if_range in (None, ETAG)):
                 start = int(match.group(1))
+
             body = data[start:]
             self.send_response(206 if start else 200)
             self.send_header("Content-Type", "application/octet-stream")
@@ -165,6 +168,7 @@ def make_handler(state: DownloadServer):
                     "Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}"
                 )
             self.end_headers()
+
             if state.drop_once_after is not None and start < state.drop_once_after:
                 cut = state.drop_once_after - start
                 state.drop_once_after = None
@@ -207,7 +211,9 @@ def phone(tmp_path, signed) -> Phone:
     )
 
 
-def queue_job(phone: Phone, server: DownloadServer, operation="DownloadAndUpdate") -> FumoJob:
+def queue_job(
+    phone: Phone, server: DownloadServer, operation="DownloadAndUpdate"
+) -> FumoJob:
     job = FumoJob(FUMO, operation, "job-1", f"{server.url}/dd")
     phone.pending_job = job
     phone.save()
@@ -229,8 +235,9 @@ def fumo_state(phone: Phone) -> int:
 
 def test_download_resumes_after_server_drop(phone, download_server, signed):
     download_server.drop_once_after = 10_000
-    data = download_object(phone, f"{download_server.url}/pkg", len(signed.package),
-                           UpdateOptions())
+    data = download_object(
+        phone, f"{download_server.url}/pkg", len(signed.package), UpdateOptions()
+    )
     assert data == signed.package
     requests = download_server.package_requests
     assert len(requests) == 2
@@ -240,8 +247,12 @@ def test_download_resumes_after_server_drop(phone, download_server, signed):
 
 
 def test_drop_after_option_resumes_with_range(phone, download_server, signed):
-    data = download_object(phone, f"{download_server.url}/pkg", len(signed.package),
-                           UpdateOptions(drop_after=5000))
+    data = download_object(
+        phone,
+        f"{download_server.url}/pkg",
+        len(signed.package),
+        UpdateOptions(drop_after=5000),
+    )
     assert data == signed.package
     requests = download_server.package_requests
     assert len(requests) == 2
@@ -251,8 +262,9 @@ def test_drop_after_option_resumes_with_range(phone, download_server, signed):
 def test_download_restarts_when_range_ignored(phone, download_server, signed):
     download_server.drop_once_after = 7000
     download_server.ignore_range = True
-    data = download_object(phone, f"{download_server.url}/pkg", len(signed.package),
-                           UpdateOptions())
+    data = download_object(
+        phone, f"{download_server.url}/pkg", len(signed.package), UpdateOptions()
+    )
     assert data == signed.package
     assert download_server.package_requests[1]["range"] == "bytes=7000-"
 
@@ -260,8 +272,9 @@ def test_download_restarts_when_range_ignored(phone, download_server, signed):
 def test_download_restarts_after_416(phone, download_server, signed):
     download_server.drop_once_after = 3000
     download_server.answer_416_once = True
-    data = download_object(phone, f"{download_server.url}/pkg", len(signed.package),
-                           UpdateOptions())
+    data = download_object(
+        phone, f"{download_server.url}/pkg", len(signed.package), UpdateOptions()
+    )
     assert data == signed.package
     requests = download_server.package_requests
     assert len(requests) == 3
@@ -296,7 +309,10 @@ def test_download_and_update_success(phone, download_server):
     assert report.result_code == 200
     assert report.source_uri == f"{FUMO}/DownloadAndUpdate"
     assert report.correlator == "job-1"
-    assert report.alert_type == "org.openmobilealliance.dm.firmwareupdate.downloadandupdate"
+    assert (
+        report.alert_type
+        == "org.openmobilealliance.dm.firmwareupdate.downloadandupdate"
+    )
     reloaded = Phone.load(phone.state_dir)
     assert reloaded.image_sha256() == NEW_SHA256
     assert hashlib.sha256(reloaded.read_image()).hexdigest() == NEW_SHA256
@@ -420,7 +436,7 @@ def run_job_operation(phone, server, operation):
 class ScriptedDmServer:
     """A DM server that delivers one DownloadAndUpdate and records reports.
 
-    It answers through the transport interface of run_until_idle, so no DM
+    It replies through the transport interface of run_until_idle, so no DM
     HTTP server is needed; the download still goes over real HTTP. It sends
     its md5 credential in the first message of each session, made with the
     server nonce the phone issued in its last Chal.
@@ -440,46 +456,87 @@ class ScriptedDmServer:
         msg_ref = message.header.msg_id
         first = msg_ref == "1"
         self.msg_id += 1
+
+        # The SyncHdr Status, then a Status for each Alert and Replace.
         reply = [
             Command(
-                name="Status", cmd_id="", msg_ref=msg_ref, cmd_ref="0", cmd="SyncHdr",
+                name="Status",
+                cmd_id="",
+                msg_ref=msg_ref,
+                cmd_ref="0",
+                cmd="SyncHdr",
                 data="212" if first else "200",
-                chal=Chal(type="syncml:auth-md5",
-                          next_nonce=base64.b64encode(b"client-nonce").decode())
-                if first else None,
+                chal=(
+                    Chal(
+                        type="syncml:auth-md5",
+                        next_nonce=base64.b64encode(b"client-nonce").decode(),
+                    )
+                    if first
+                    else None
+                ),
             )
         ]
         for command in message.commands:
             if command.name == "Status" and command.cmd_ref == "0" and command.chal:
                 self.server_nonce = base64.b64decode(command.chal.next_nonce)
             if command.name in ("Alert", "Replace"):
-                reply.append(Command(name="Status", cmd_id="", msg_ref=msg_ref,
-                                     cmd_ref=command.cmd_id, cmd=command.name, data="200"))
+                reply.append(
+                    Command(
+                        name="Status",
+                        cmd_id="",
+                        msg_ref=msg_ref,
+                        cmd_ref=command.cmd_id,
+                        cmd=command.name,
+                        data="200",
+                    )
+                )
             if command.name == "Alert" and command.data == "1226":
                 self.generic_alerts.append(command)
+
+        # One DownloadAndUpdate, in the first session only.
         if first and not self.delivered:
             self.delivered = True
-            reply.append(Command(
-                name="Replace", cmd_id="",
-                items=[Item(target=f"{FUMO}/DownloadAndUpdate/PkgURL", data=self.pkg_url,
-                            meta=Meta(format="chr"))],
-            ))
-            reply.append(Command(
-                name="Exec", cmd_id="", correlator="job-9",
-                items=[Item(target=f"{FUMO}/DownloadAndUpdate")],
-            ))
+            reply.append(
+                Command(
+                    name="Replace",
+                    cmd_id="",
+                    items=[
+                        Item(
+                            target=f"{FUMO}/DownloadAndUpdate/PkgURL",
+                            data=self.pkg_url,
+                            meta=Meta(format="chr"),
+                        )
+                    ],
+                )
+            )
+            reply.append(
+                Command(
+                    name="Exec",
+                    cmd_id="",
+                    correlator="job-9",
+                    items=[Item(target=f"{FUMO}/DownloadAndUpdate")],
+                )
+            )
+
         cred = None
         if first:
             digest = md5_digest("dmserver", "server-secret", self.server_nonce)
             cred = Cred(type="syncml:auth-md5", data=digest)
-        header = SyncHdr(session_id=message.header.session_id, msg_id=str(self.msg_id),
-                         target=message.header.source, source=self.SERVER_URL, cred=cred)
+        header = SyncHdr(
+            session_id=message.header.session_id,
+            msg_id=str(self.msg_id),
+            target=message.header.source,
+            source=self.SERVER_URL,
+            cred=cred,
+        )
         commands = [
             dataclasses.replace(command, cmd_id=str(number))
             for number, command in enumerate(reply, 1)
         ]
         body = encode_message(Message(header=header, commands=commands), Encoding.XML)
-        return HttpResponse(200, "OK", {"content-type": "application/vnd.syncml.dm+xml"}, body)
+        return HttpResponse(
+            200, "OK", {"content-type": "application/vnd.syncml.dm+xml"}, body
+        )
 
 
 def test_run_until_idle_updates_and_reports(phone, download_server):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -101,7 +100,10 @@ def server_message(
     resp = f"<RespURI>{resp_uri}</RespURI>" if resp_uri else ""
     meta = ""
     if max_msg_size is not None:
-        meta = f"<Meta><MaxMsgSize xmlns='syncml:metinf'>{max_msg_size}</MaxMsgSize></Meta>"
+        meta = (
+            f"<Meta><MaxMsgSize xmlns='syncml:metinf'>{max_msg_size}"
+            "</MaxMsgSize></Meta>"
+        )
     return (
         "<SyncML xmlns='SYNCML:SYNCML1.2'><SyncHdr>"
         "<VerDTD>1.2</VerDTD><VerProto>DM/1.2</VerProto>"
@@ -113,8 +115,13 @@ def server_message(
     ).encode()
 
 
-def header_status(cmd_id: int, msg_ref: int, code: int, next_nonce: bytes | None = None,
-                  chal_type: str = "syncml:auth-md5") -> str:
+def header_status(
+    cmd_id: int,
+    msg_ref: int,
+    code: int,
+    next_nonce: bytes | None = None,
+    chal_type: str = "syncml:auth-md5",
+) -> str:
     chal = ""
     if next_nonce is not None:
         chal = (
@@ -127,6 +134,13 @@ def header_status(cmd_id: int, msg_ref: int, code: int, next_nonce: bytes | None
         f"<Status><CmdID>{cmd_id}</CmdID><MsgRef>{msg_ref}</MsgRef><CmdRef>0</CmdRef>"
         f"<Cmd>SyncHdr</Cmd><TargetRef>{SERVER_URL}</TargetRef>"
         f"<SourceRef>{DEVICE_ID}</SourceRef>{chal}<Data>{code}</Data></Status>"
+    )
+
+
+def get_command(cmd_id: int, uri: str) -> str:
+    return (
+        f"<Get><CmdID>{cmd_id}</CmdID>"
+        f"<Item><Target><LocURI>{uri}</LocURI></Target></Item></Get>"
     )
 
 
@@ -152,7 +166,9 @@ def parse(body: bytes):
 
 
 def body_commands(root) -> list:
-    return [el for el in xpath(root, "SyncBody")[0] if etree.QName(el).localname != "Final"]
+    return [
+        el for el in xpath(root, "SyncBody")[0] if etree.QName(el).localname != "Final"
+    ]
 
 
 def is_final(root) -> bool:
@@ -161,7 +177,10 @@ def is_final(root) -> bool:
 
 def find_status(root, cmd_ref: str):
     for element in body_commands(root):
-        if etree.QName(element).localname == "Status" and text(element, "CmdRef") == cmd_ref:
+        if (
+            etree.QName(element).localname == "Status"
+            and text(element, "CmdRef") == cmd_ref
+        ):
             return element
     raise AssertionError(f"no Status with CmdRef {cmd_ref}")
 
@@ -171,15 +190,22 @@ def statuses(root) -> list:
 
 
 def start(phone: Phone, **config) -> tuple[ClientSession, object]:
-    session = ClientSession(phone, SERVER_URL, SessionConfig(session_id=SESSION_ID, **config))
+    session = ClientSession(
+        phone, SERVER_URL, SessionConfig(session_id=SESSION_ID, **config)
+    )
     return session, session.start()
 
 
 def authenticate(session: ClientSession) -> object:
-    """Answer package 1 with 212 and nothing else to do; return the reply."""
+    """Send 212 and statuses for package 1, without Final; return the reply."""
     return session.receive(
-        server_message(1, header_status(1, 1, 212) + status(2, 1, 1, "Alert", 200)
-                       + status(3, 1, 2, "Replace", 200), final=False),
+        server_message(
+            1,
+            header_status(1, 1, 212)
+            + status(2, 1, 1, "Alert", 200)
+            + status(3, 1, 2, "Replace", 200),
+            final=False,
+        ),
         XML_TYPE,
     )
 
@@ -209,7 +235,9 @@ def test_package1_md5_cred_with_factory_nonce(phone):
     assert text(root, "SyncHdr/Cred/Meta/Type") == "syncml:auth-md5"
     assert text(root, "SyncHdr/Cred/Meta/Format") == "b64"
     # Before any nonce exchange the phone uses the text "null".
-    assert text(root, "SyncHdr/Cred/Data") == expected_md5(DEVICE_ID, CLIENT_PASSWORD, b"null")
+    assert text(root, "SyncHdr/Cred/Data") == expected_md5(
+        DEVICE_ID, CLIENT_PASSWORD, b"null"
+    )
 
 
 def test_package1_md5_cred_matches_published_vector(tmp_path, cert_pem):
@@ -241,7 +269,8 @@ def test_package1_alert_and_devinfo(phone):
     assert text(commands[0], "Data") == "1201"
     assert text(commands[1], "CmdID") == "2"
     items = {
-        text(item, "Source/LocURI"): text(item, "Data") for item in xpath(commands[1], "Item")
+        text(item, "Source/LocURI"): text(item, "Data")
+        for item in xpath(commands[1], "Item")
     }
     assert items == {
         "./DevInfo/DevId": DEVICE_ID,
@@ -282,12 +311,19 @@ def test_package1_generic_alert_for_pending_result(phone):
 
 
 def test_generic_alert_status_200_clears_report(phone):
-    report = FumoReport(f"{FUMO}/DownloadAndUpdate", DOWNLOAD_AND_UPDATE_TYPE, "job-7", 200)
+    report = FumoReport(
+        f"{FUMO}/DownloadAndUpdate", DOWNLOAD_AND_UPDATE_TYPE, "job-7", 200
+    )
     phone.pending_reports.append(report)
     session, _ = start(phone)
     reply = session.receive(
-        server_message(1, header_status(1, 1, 212) + status(2, 1, 1, "Alert", 200)
-                       + status(3, 1, 2, "Replace", 200) + status(4, 1, 3, "Alert", 200)),
+        server_message(
+            1,
+            header_status(1, 1, 212)
+            + status(2, 1, 1, "Alert", 200)
+            + status(3, 1, 2, "Replace", 200)
+            + status(4, 1, 3, "Alert", 200),
+        ),
         XML_TYPE,
     )
     assert reply is None
@@ -296,7 +332,9 @@ def test_generic_alert_status_200_clears_report(phone):
 
 
 def test_generic_alert_error_status_keeps_report(phone):
-    report = FumoReport(f"{FUMO}/DownloadAndUpdate", DOWNLOAD_AND_UPDATE_TYPE, "job-7", 200)
+    report = FumoReport(
+        f"{FUMO}/DownloadAndUpdate", DOWNLOAD_AND_UPDATE_TYPE, "job-7", 200
+    )
     phone.pending_reports.append(report)
     session, _ = start(phone)
     session.receive(
@@ -308,17 +346,17 @@ def test_generic_alert_error_status_keeps_report(phone):
 
 
 # ---------------------------------------------------------------------------
-# Answering server commands
+# Statuses and Results for server commands
 
 
 MANAGEMENT_BODY = (
     header_status(1, 1, 212, next_nonce=b"client-nonce-2")
     + status(2, 1, 1, "Alert", 200)
     + status(3, 1, 2, "Replace", 200)
-    + "<Get><CmdID>4</CmdID><Item><Target><LocURI>./DevDetail/FwV</LocURI></Target></Item></Get>"
-    + f"<Get><CmdID>5</CmdID><Item><Target><LocURI>{FUMO}</LocURI></Target></Item></Get>"
-    + "<Get><CmdID>6</CmdID><Item><Target><LocURI>./DevInfo</LocURI></Target></Item></Get>"
-    + "<Get><CmdID>7</CmdID><Item><Target><LocURI>./Vendor/Nothing</LocURI></Target></Item></Get>"
+    + get_command(4, "./DevDetail/FwV")
+    + get_command(5, FUMO)
+    + get_command(6, "./DevInfo")
+    + get_command(7, "./Vendor/Nothing")
     + "<Replace><CmdID>8</CmdID><Item><Target><LocURI>./DevInfo/Mod</LocURI></Target>"
     "<Data>X-1</Data></Item></Replace>"
     + f"<Replace><CmdID>9</CmdID><Item><Target><LocURI>{FUMO}/DownloadAndUpdate/PkgURL"
@@ -345,7 +383,9 @@ def test_reply_header_and_cmd_ids(management_reply):
     # After 212 the phone sends no credentials.
     assert xpath(root, "SyncHdr/Cred") == []
     commands = body_commands(root)
-    assert [text(c, "CmdID") for c in commands] == [str(n) for n in range(1, len(commands) + 1)]
+    assert [text(c, "CmdID") for c in commands] == [
+        str(n) for n in range(1, len(commands) + 1)
+    ]
     assert is_final(root)
 
 
@@ -383,7 +423,7 @@ def test_reply_status_per_command(management_reply):
         assert text(element, "Cmd") == cmd, cmd_ref
         assert text(element, "Data") == code, cmd_ref
         assert text(element, "TargetRef") == target, cmd_ref
-    # No Status answers a Status.
+    # The phone sends no Status for a Status.
     assert {text(s, "CmdRef") for s in statuses(root)} == {"0", *expected}
 
 
@@ -410,7 +450,15 @@ def test_get_interior_node_lists_children(management_reply):
     assert text(fumo_node, "Item/Meta/Format") == "node"
     # The children of a FUMO 1.0 node.
     assert sorted(text(fumo_node, "Item/Data").split("/")) == sorted(
-        ["PkgName", "PkgVersion", "Download", "Update", "DownloadAndUpdate", "State", "Ext"]
+        [
+            "PkgName",
+            "PkgVersion",
+            "Download",
+            "Update",
+            "DownloadAndUpdate",
+            "State",
+            "Ext",
+        ]
     )
     devinfo = results["6"]
     assert text(devinfo, "Item/Meta/Format") == "node"
@@ -445,8 +493,9 @@ def test_server_nonce_rotated_after_acceptance(management_reply):
 
 def test_session_ends_on_final_with_statuses_only(management_reply):
     session, _ = management_reply
-    end = server_message(2, header_status(1, 2, 200) + status(2, 2, 2, "Status", 200),
-                         cred=None)
+    end = server_message(
+        2, header_status(1, 2, 200) + status(2, 2, 2, "Status", 200), cred=None
+    )
     assert session.receive(end, XML_TYPE) is None
     assert session.finished
     assert session.result.accepted_exec == f"{FUMO}/DownloadAndUpdate"
@@ -456,9 +505,13 @@ def test_reply_goes_to_resp_uri(phone):
     session, _ = start(phone)
     resp_uri = "http://127.0.0.1:8080/dm?s=token-1"
     outgoing = session.receive(
-        server_message(1, header_status(1, 1, 212)
-                       + "<Get><CmdID>2</CmdID><Item><Target><LocURI>./DevInfo/Lang"
-                       "</LocURI></Target></Item></Get>", resp_uri=resp_uri),
+        server_message(
+            1,
+            header_status(1, 1, 212)
+            + "<Get><CmdID>2</CmdID><Item><Target><LocURI>./DevInfo/Lang"
+            "</LocURI></Target></Item></Get>",
+            resp_uri=resp_uri,
+        ),
         XML_TYPE,
     )
     assert outgoing.url == resp_uri
@@ -486,7 +539,9 @@ def test_replace_add_delete_codes(phone):
         + "<Delete><CmdID>8</CmdID><Item><Target><LocURI>./Missing</LocURI>"
         "</Target></Item></Delete>"
     )
+
     root = parse(session.receive(server_message(1, body), XML_TYPE).body)
+
     codes = {text(s, "CmdRef"): text(s, "Data") for s in statuses(root)}
     assert codes["2"] == "200"
     assert codes["3"] == "200"
@@ -502,9 +557,10 @@ def test_replace_add_delete_codes(phone):
 def test_user_interaction_alerts_answered(phone):
     session, _ = start(phone)
     body = (
-        header_status(1, 1, 212)
-        + "<Alert><CmdID>2</CmdID><Data>1100</Data><Item><Data>Update ready</Data></Item></Alert>"
-        + "<Alert><CmdID>3</CmdID><Data>1103</Data><Item><Data>Install now?</Data></Item>"
+        header_status(1, 1, 212) + "<Alert><CmdID>2</CmdID><Data>1100</Data>"
+        "<Item><Data>Update ready</Data></Item></Alert>"
+        + "<Alert><CmdID>3</CmdID><Data>1103</Data>"
+        "<Item><Data>Install now?</Data></Item>"
         "<Item><Data>Yes</Data></Item><Item><Data>No</Data></Item></Alert>"
         + "<Alert><CmdID>4</CmdID><Data>1299</Data></Alert>"
     )
@@ -524,8 +580,7 @@ def test_atomic_rolls_back_on_failure(phone):
         + f"<Replace><CmdID>3</CmdID><Item><Target><LocURI>{FUMO}/PkgName</LocURI>"
         "</Target><Data>changed</Data></Item></Replace>"
         + "<Replace><CmdID>4</CmdID><Item><Target><LocURI>./Missing</LocURI>"
-        "</Target><Data>x</Data></Item></Replace>"
-        + "</Atomic>"
+        "</Target><Data>x</Data></Item></Replace>" + "</Atomic>"
     )
     root = parse(session.receive(server_message(1, body), XML_TYPE).body)
     assert text(find_status(root, "2"), "Data") == "507"
@@ -557,7 +612,8 @@ def test_client_challenge_resends_package1_with_new_nonce(phone):
     challenge = server_message(
         1,
         header_status(1, 1, 401, next_nonce=b"fresh-nonce")
-        + status(2, 1, 1, "Alert", 401) + status(3, 1, 2, "Replace", 401),
+        + status(2, 1, 1, "Alert", 401)
+        + status(3, 1, 2, "Replace", 401),
     )
     outgoing = session.receive(challenge, XML_TYPE)
     root = parse(outgoing.body)
@@ -572,7 +628,9 @@ def test_client_challenge_resends_package1_with_new_nonce(phone):
 
 def test_client_challenge_twice_fails(phone):
     session, _ = start(phone)
-    session.receive(server_message(1, header_status(1, 1, 401, next_nonce=b"n1")), XML_TYPE)
+    session.receive(
+        server_message(1, header_status(1, 1, 401, next_nonce=b"n1")), XML_TYPE
+    )
     with pytest.raises(AuthenticationError):
         session.receive(
             server_message(2, header_status(1, 2, 401, next_nonce=b"n2"), cred=None),
@@ -596,7 +654,7 @@ def test_server_with_wrong_credentials_is_challenged(phone):
     nonce = base64.b64decode(text(commands[0], "Chal/Meta/NextNonce"))
     assert Phone.load(phone.state_dir).server_nonce == nonce
 
-    # The server answers the challenge with a credential on the new nonce.
+    # The server replies to the challenge with a credential on the new nonce.
     good = expected_md5(SERVER_ID, SERVER_PASSWORD, nonce)
     root = parse(session.receive(server_message(2, body, cred=good), XML_TYPE).body)
     assert text(find_status(root, "0"), "Data") == "212"
@@ -607,7 +665,9 @@ def test_server_rejected_twice_aborts(phone):
     session, _ = start(phone)
     wrong = expected_md5(SERVER_ID, "wrong-password", b"null")
     session.receive(server_message(1, header_status(1, 1, 212), cred=wrong), XML_TYPE)
-    outgoing = session.receive(server_message(2, header_status(1, 2, 200), cred=wrong), XML_TYPE)
+    outgoing = session.receive(
+        server_message(2, header_status(1, 2, 200), cred=wrong), XML_TYPE
+    )
     assert outgoing.expects_reply is False
     root = parse(outgoing.body)
     commands = body_commands(root)
@@ -631,12 +691,15 @@ def test_server_without_credentials_gets_407(phone):
 
 
 def test_statuses_only_without_credentials_read(phone):
-    report = FumoReport(f"{FUMO}/DownloadAndUpdate", DOWNLOAD_AND_UPDATE_TYPE, "job-7", 200)
+    report = FumoReport(
+        f"{FUMO}/DownloadAndUpdate", DOWNLOAD_AND_UPDATE_TYPE, "job-7", 200
+    )
     phone.pending_reports.append(report)
     session, _ = start(phone)
     reply = session.receive(
-        server_message(1, header_status(1, 1, 212) + status(2, 1, 3, "Alert", 200),
-                       cred=None),
+        server_message(
+            1, header_status(1, 1, 212) + status(2, 1, 3, "Alert", 200), cred=None
+        ),
         XML_TYPE,
     )
     assert reply is None
@@ -722,15 +785,17 @@ def test_large_object_chunks(phone):
     url = "http://127.0.0.1:8080/dl/dd/a-rather-long-descriptor-token"
     first, second = url[:20], url[20:]
     chunk1 = header_status(1, 1, 212) + (
-        f"<Replace><CmdID>2</CmdID><Item><Target><LocURI>{FUMO}/DownloadAndUpdate/PkgURL"
-        f"</LocURI></Target><Meta><Size xmlns='syncml:metinf'>{len(url)}</Size></Meta>"
+        "<Replace><CmdID>2</CmdID><Item><Target>"
+        f"<LocURI>{FUMO}/DownloadAndUpdate/PkgURL</LocURI></Target>"
+        f"<Meta><Size xmlns='syncml:metinf'>{len(url)}</Size></Meta>"
         f"<Data>{first}</Data><MoreData/></Item></Replace>"
     )
     root = parse(session.receive(server_message(1, chunk1, final=False), XML_TYPE).body)
     assert text(find_status(root, "2"), "Data") == "213"
     chunk2 = header_status(1, 2, 200) + (
-        f"<Replace><CmdID>2</CmdID><Item><Target><LocURI>{FUMO}/DownloadAndUpdate/PkgURL"
-        f"</LocURI></Target><Data>{second}</Data></Item></Replace>"
+        "<Replace><CmdID>2</CmdID><Item><Target>"
+        f"<LocURI>{FUMO}/DownloadAndUpdate/PkgURL</LocURI></Target>"
+        f"<Data>{second}</Data></Item></Replace>"
     )
     root = parse(session.receive(server_message(2, chunk2, cred=None), XML_TYPE).body)
     assert text(find_status(root, "2"), "Data") == "200"
@@ -740,13 +805,15 @@ def test_large_object_chunks(phone):
 def test_large_object_size_mismatch(phone):
     session, _ = start(phone)
     chunk1 = header_status(1, 1, 212) + (
-        f"<Replace><CmdID>2</CmdID><Item><Target><LocURI>{FUMO}/PkgName</LocURI></Target>"
+        "<Replace><CmdID>2</CmdID><Item>"
+        f"<Target><LocURI>{FUMO}/PkgName</LocURI></Target>"
         "<Meta><Size xmlns='syncml:metinf'>100</Size></Meta>"
         "<Data>abc</Data><MoreData/></Item></Replace>"
     )
     session.receive(server_message(1, chunk1, final=False), XML_TYPE)
     chunk2 = header_status(1, 2, 200) + (
-        f"<Replace><CmdID>2</CmdID><Item><Target><LocURI>{FUMO}/PkgName</LocURI></Target>"
+        "<Replace><CmdID>2</CmdID><Item>"
+        f"<Target><LocURI>{FUMO}/PkgName</LocURI></Target>"
         "<Data>def</Data></Item></Replace>"
     )
     root = parse(session.receive(server_message(2, chunk2, cred=None), XML_TYPE).body)
@@ -757,7 +824,8 @@ def test_large_object_size_mismatch(phone):
 def test_item_above_max_obj_size_rejected(phone):
     session, _ = start(phone, max_obj_size=10)
     body = header_status(1, 1, 212) + (
-        f"<Replace><CmdID>2</CmdID><Item><Target><LocURI>{FUMO}/PkgName</LocURI></Target>"
+        "<Replace><CmdID>2</CmdID><Item>"
+        f"<Target><LocURI>{FUMO}/PkgName</LocURI></Target>"
         "<Data>eleven char</Data></Item></Replace>"
     )
     root = parse(session.receive(server_message(1, body), XML_TYPE).body)
@@ -786,12 +854,17 @@ def test_reply_split_to_server_max_msg_size(phone):
     assert not is_final(root)
     answered = {text(s, "CmdRef") for s in statuses(root)}
 
-    # The server asks for the rest with Alert 1222.
+    # The server requests the rest with Alert 1222.
     more = header_status(1, 2, 200) + "<Alert><CmdID>2</CmdID><Data>1222</Data></Alert>"
     while not is_final(root):
         outgoing = session.receive(
-            server_message(int(text(root, "SyncHdr/MsgID")), more, cred=None,
-                           final=False, max_msg_size=limit),
+            server_message(
+                int(text(root, "SyncHdr/MsgID")),
+                more,
+                cred=None,
+                final=False,
+                max_msg_size=limit,
+            ),
             XML_TYPE,
         )
         root = parse(outgoing.body)
@@ -805,8 +878,9 @@ def test_reply_split_to_server_max_msg_size(phone):
 def test_session_id_mismatch_rejected(phone):
     session, _ = start(phone)
     with pytest.raises(SessionError, match="SessionID"):
-        session.receive(server_message(1, header_status(1, 1, 212), session_id="99"),
-                        XML_TYPE)
+        session.receive(
+            server_message(1, header_status(1, 1, 212), session_id="99"), XML_TYPE
+        )
 
 
 def test_missing_synchdr_status_rejected(phone):
@@ -818,8 +892,11 @@ def test_missing_synchdr_status_rejected(phone):
 def test_server_abort_alert_ends_session(phone):
     session, _ = start(phone)
     reply = session.receive(
-        server_message(1, header_status(1, 1, 212)
-                       + "<Alert><CmdID>2</CmdID><Data>1223</Data></Alert>"),
+        server_message(
+            1,
+            header_status(1, 1, 212)
+            + "<Alert><CmdID>2</CmdID><Data>1223</Data></Alert>",
+        ),
         XML_TYPE,
     )
     assert reply is None
