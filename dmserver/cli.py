@@ -45,7 +45,57 @@ def _config(args) -> app.ServerConfig:
         port=getattr(args, "port", app.DEFAULT_PORT),
         base_url=getattr(args, "base_url", None),
         server_id=getattr(args, "server_id", "dmserver"),
+        push=_push_config(args) if hasattr(args, "push_gateway") else None,
     )
+
+
+def _push_config(args):
+    from .push.service import PushConfig, parse_gateway_spec
+
+    try:
+        return PushConfig(
+            gateway=parse_gateway_spec(args.push_gateway),
+            username=args.push_username,
+            password=args.push_password,
+            rate=args.push_rate,
+            retry_window=args.push_retry_window,
+            backoff=args.push_backoff,
+            max_pushes=args.push_max,
+            scan_interval=args.push_scan_interval,
+            notify_window=args.push_notify_window,
+        )
+    except ValueError as error:
+        raise CliError(str(error)) from None
+
+
+def _parse_profile(pairs: list[str], text: str | None) -> dict:
+    """Build a device profile from --profile-json and KEY=VALUE pairs."""
+    import json
+
+    from .push.service import ProfileError, parse_device_profile
+
+    profile: dict = {}
+    if text:
+        try:
+            profile = json.loads(text)
+        except ValueError as error:
+            raise CliError(f"--profile-json is not valid JSON: {error}") from None
+        if not isinstance(profile, dict):
+            raise CliError("--profile-json must be a JSON object")
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip():
+            raise CliError(f"--profile {pair!r} is invalid; use KEY=VALUE")
+        try:
+            # Numbers and true/false become JSON values; other text stays text.
+            profile[key.strip()] = json.loads(value)
+        except ValueError:
+            profile[key.strip()] = value
+    try:
+        parse_device_profile(profile)
+    except ProfileError as error:
+        raise CliError(str(error)) from None
+    return profile
 
 
 # ---------------------------------------------------------------------------
@@ -62,6 +112,10 @@ def cmd_serve(args) -> int:
     db = app.open_database(config)
     db.start_threadpool(reactor)
     settings = config.settings()
+    try:
+        push = app.build_push_service(db, config, settings, reactor)
+    except ValueError as error:
+        raise CliError(str(error)) from None
     site = app.build_site(db, config, settings)
     port = reactor.listenTCP(config.port, site, interface=config.host)
     actual = port.getHost().port
@@ -72,6 +126,9 @@ def cmd_serve(args) -> int:
         f"(public URL {settings.base_url}, database {_redact(config.db_url)})",
         flush=True,
     )
+    if push is not None:
+        push.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", push.stopService)
     reactor.run()
     return 0
 
@@ -131,7 +188,8 @@ def _add_device(session, row: dict, now: datetime):
             msisdn=row.get("msisdn") or None,
             fumo_root=row.get("fumo_root") or "./FUMO",
             delivery=delivery,
-            profile={},
+            firmware_version=row.get("firmware_version") or None,
+            profile=row.get("profile") or {},
             dev_info={},
             created_at=now,
         )
@@ -150,6 +208,8 @@ def cmd_device_add(args) -> int:
         "msisdn": args.msisdn,
         "fumo_root": args.fumo_root,
         "delivery": args.delivery,
+        "firmware_version": args.firmware_version,
+        "profile": _parse_profile(args.profile, args.profile_json),
     }
     db.call(lambda s: _add_device(s, row, _now()))
     print(f"dmserver: device {args.device_id} provisioned")
@@ -314,6 +374,111 @@ def cmd_job_cancel(args) -> int:
     return 0
 
 
+class _Ordered(argparse.Action):
+    """Collect (option, value) pairs in command-line order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest, None) or [])
+        items.append((option_string.lstrip("-"), values))
+        setattr(namespace, self.dest, items)
+
+
+def _mgmt_command(kind: str, value: str):
+    from .syncml.codes import AlertCode
+    from .syncml.model import Command, Item, Meta
+
+    def split(pair: str, what: str) -> tuple[str, str]:
+        if "=" not in pair:
+            raise CliError(f"--{kind} {pair!r}: expected {what}")
+        left, right = pair.split("=", 1)
+        return left, right
+
+    if kind == "get":
+        return Command("Get", "", items=[Item(target=value)])
+    if kind in ("replace", "add"):
+        path, data = split(value, "PATH=VALUE")
+        return Command(kind.capitalize(), "", items=[Item(target=path, meta=Meta(format="chr"), data=data)])
+    if kind == "add-node":
+        return Command("Add", "", items=[Item(target=value, meta=Meta(format="node"))])
+    if kind == "delete":
+        return Command("Delete", "", items=[Item(target=value)])
+    if kind == "exec":
+        return Command("Exec", "", items=[Item(target=value)])
+    if kind == "copy":
+        target, source = split(value, "TARGET=SOURCE")
+        return Command("Copy", "", items=[Item(target=target, source=source)])
+    if kind == "alert":
+        code, _, text = value.partition(":")
+        if not code.isdigit() or not (AlertCode.DISPLAY <= int(code) <= AlertCode.MULTIPLE_CHOICE):
+            raise CliError(f"--alert {value!r}: the code must be 1100-1104, e.g. 1101:Install the update now?")
+        parts = text.split("|")
+        items = [Item(data="MINDT=10&MAXDT=60"), Item(data=parts[0])] + [Item(data=p) for p in parts[1:]]
+        return Command("Alert", "", data=code, items=items)
+    raise CliError(f"unknown management command {kind}")
+
+
+def cmd_mgmt_queue(args) -> int:
+    import json
+
+    from .store.management import MgmtRequest
+    from .store.models import Device
+    from .syncml.model import Command, command_from_json, command_to_json
+
+    commands = [_mgmt_command(kind, value) for kind, value in (args.commands or [])]
+    if args.json:
+        try:
+            loaded = json.loads(Path(args.json).read_text())
+            commands += [command_from_json(entry) for entry in loaded]
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise CliError(f"cannot read commands from {args.json}: {error}") from None
+    if not commands:
+        raise CliError("no command given; use --get, --replace, --add, --delete, --exec, --copy, --alert or --json")
+    if args.atomic or args.sequence:
+        commands = [Command("Atomic" if args.atomic else "Sequence", "", commands=commands)]
+    db = _db(args)
+
+    def queue(session):
+        device = session.scalars(select(Device).where(Device.device_id == args.device_id)).first()
+        if device is None:
+            raise CliError(f"device {args.device_id} is not provisioned")
+        now = _now()
+        request = MgmtRequest(
+            device_pk=device.id,
+            state="queued",
+            commands=[command_to_json(c) for c in commands],
+            results=[],
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(request)
+        session.flush()
+        return request.id
+
+    request_id = db.call(queue)
+    print(f"dmserver: management request {request_id} queued for {args.device_id}")
+    return 0
+
+
+def cmd_mgmt_show(args) -> int:
+    import json
+
+    from .store.management import MgmtRequest
+
+    db = _db(args)
+
+    def show(session):
+        request = session.get(MgmtRequest, args.request_id)
+        if request is None:
+            raise CliError(f"management request {args.request_id} not found")
+        return request.state, request.results
+
+    state, results = db.call(show)
+    print(f"request {args.request_id}: {state}")
+    for entry in results:
+        print(json.dumps(entry, sort_keys=True))
+    return 0
+
+
 def cmd_decode(args) -> int:
     from .syncml import wbxml
 
@@ -337,6 +502,44 @@ def cmd_db_upgrade(args) -> int:
 # ---------------------------------------------------------------------------
 
 
+def _add_push_options(serve: argparse.ArgumentParser) -> None:
+    from .push import service as push
+
+    group = serve.add_argument_group("push notifications")
+    group.add_argument(
+        "--push-gateway",
+        default="none",
+        metavar="none|file:DIR|kannel-sendsms:URL|kannel-pap:URL",
+        help="where pushes for queued jobs go (default: none, devices must call in)",
+    )
+    group.add_argument("--push-username", help=f"gateway user (default ${push.USERNAME_ENV})")
+    group.add_argument("--push-password", help=f"gateway password (default ${push.PASSWORD_ENV}, which keeps it out of ps)")
+    group.add_argument("--push-rate", type=float, default=push.DEFAULT_RATE, help="SMS per second (default: %(default)s)")
+    group.add_argument(
+        "--push-retry-window",
+        type=float,
+        default=push.DEFAULT_RETRY_WINDOW,
+        help="seconds a phone has to answer the first push before the next one (default: %(default)s)",
+    )
+    group.add_argument(
+        "--push-backoff", type=float, default=push.DEFAULT_BACKOFF, help="factor applied to each later window (default: %(default)s)"
+    )
+    group.add_argument("--push-max", type=int, default=push.DEFAULT_MAX_PUSHES, help="pushes per job at most (default: %(default)s)")
+    group.add_argument(
+        "--push-scan-interval",
+        type=float,
+        default=push.DEFAULT_SCAN_INTERVAL,
+        help="seconds between scans for jobs to push (default: %(default)s)",
+    )
+    group.add_argument(
+        "--push-notify-window",
+        type=float,
+        default=push.DEFAULT_NOTIFY_WINDOW,
+        help="seconds a session-less phone has from the descriptor download to its install notify "
+        "before Package 0 takes over (default: %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmserver", description="OMA-DM FOTA server")
     parser.add_argument("--data-dir", help=f"data directory (default ${app.DATA_DIR_ENV} or ./data)")
@@ -348,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=app.DEFAULT_PORT, help="TCP port; 0 picks a free one")
     serve.add_argument("--base-url", help="public URL of this server for RespURI and download URLs")
     serve.add_argument("--server-id", default="dmserver", help="server id in the devices' DM accounts")
+    _add_push_options(serve)
     serve.set_defaults(func=cmd_serve)
 
     keys = commands.add_parser("keys", help="package signing key").add_subparsers(dest="keys_command", required=True)
@@ -371,6 +575,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=DELIVERY_MODES,
         help="download: DownloadAndUpdate with a descriptor URL; inband: Update/PkgData in the session",
     )
+    add.add_argument("--firmware-version", help="installed firmware version, if known (also learned from ./DevDetail/FwV)")
+    add.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="device profile entry, repeatable: pkg0_version=11|12, resync_nonce=zero-bytes|base64-text|hex-text, "
+        "max_server_id_length=N, sessionless=true",
+    )
+    add.add_argument("--profile-json", help="device profile as a JSON object; --profile entries override its keys")
     add.set_defaults(func=cmd_device_add)
     imp = device.add_parser("import", help="provision devices from a CSV file")
     imp.add_argument("csv", help="CSV with header device_id,client_password,server_password,...")
@@ -397,6 +611,29 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = job.add_parser("cancel", help="cancel an open job")
     cancel.add_argument("job_id", type=int)
     cancel.set_defaults(func=cmd_job_cancel)
+
+    mgmt = commands.add_parser("mgmt", help="queue DM commands for a device").add_subparsers(dest="mgmt_command", required=True)
+    queue = mgmt.add_parser("queue", help="queue commands for the device's next session, in the order given")
+    queue.add_argument("device_id")
+    for option, meta, text in (
+        ("--get", "PATH", "Get a node (PATH may end in ?list=Struct or ?list=StructData)"),
+        ("--replace", "PATH=VALUE", "Replace a leaf"),
+        ("--add", "PATH=VALUE", "Add a leaf"),
+        ("--add-node", "PATH", "Add an interior node"),
+        ("--delete", "PATH", "Delete a node"),
+        ("--exec", "PATH", "Exec a node"),
+        ("--copy", "TARGET=SOURCE", "Copy a node"),
+        ("--alert", "CODE:TEXT[|CHOICE...]", "user interaction alert 1100-1104"),
+    ):
+        queue.add_argument(option, dest="commands", action=_Ordered, metavar=meta, help=text)
+    queue.add_argument("--json", help="file with a JSON list of commands (dmserver.syncml.model.command_to_json form)")
+    wrap = queue.add_mutually_exclusive_group()
+    wrap.add_argument("--atomic", action="store_true", help="send the commands inside one Atomic")
+    wrap.add_argument("--sequence", action="store_true", help="send the commands inside one Sequence")
+    queue.set_defaults(func=cmd_mgmt_queue)
+    mshow = mgmt.add_parser("show", help="show a request's Statuses and Results")
+    mshow.add_argument("request_id", type=int)
+    mshow.set_defaults(func=cmd_mgmt_show)
 
     decode = commands.add_parser("decode", help="print a SyncML DM message (XML or WBXML) as XML")
     decode.add_argument("file")

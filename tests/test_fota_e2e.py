@@ -13,7 +13,6 @@ import hashlib
 import http.client
 import http.server
 import shutil
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from .conftest import (
     OLD_SHA256,
     OLD_VERSION,
     ROOT,
+    copy_catalogue_rows,
     start_server,
     stop_server,
 )
@@ -83,12 +83,16 @@ class RecordingProxy:
 
 
 @pytest.fixture
-def fota(catalogue_dir, tmp_path):
-    """A server behind a recording proxy, with a provisioning helper."""
+def fota(catalogue_dir, tmp_path, db_backend, request):
+    """A server behind a recording proxy, on each database backend."""
     data_dir = tmp_path / "data"
     shutil.copytree(catalogue_dir, data_dir)
+    db = None
+    if db_backend == "postgresql":
+        db = request.getfixturevalue("postgres_schema_url")
+        copy_catalogue_rows(f"sqlite:///{data_dir / 'dmserver.db'}", db)
     proxy = RecordingProxy()
-    server = start_server(data_dir, extra=("--base-url", proxy.url))
+    server = start_server(data_dir, db=db, extra=("--base-url", proxy.url))
     proxy.upstream = ("127.0.0.1", urlsplit(server.url).port)
     yield server, proxy
     stop_server(server)
@@ -126,8 +130,7 @@ def run_sim(server, proxy, state_dir: Path, *extra: str) -> subprocess.Completed
 
 
 def job_row(server) -> tuple:
-    with sqlite3.connect(server.data_dir / "dmserver.db") as db:
-        return db.execute("SELECT state, result_code, source_version FROM jobs").fetchone()
+    return server.sql("SELECT state, result_code, source_version FROM jobs")[0]
 
 
 def phone_image_sha256(state_dir: Path) -> str:

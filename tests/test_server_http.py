@@ -8,7 +8,6 @@ of the OMA DM Security specification written out in this file.
 import base64
 import hashlib
 import http.client
-import sqlite3
 from urllib.parse import urlsplit
 
 import pytest
@@ -83,8 +82,7 @@ def header_status(response) -> str:
 
 
 def jobs_table(server) -> list[tuple]:
-    with sqlite3.connect(server.data_dir / "dmserver.db") as db:
-        return db.execute("SELECT id, state, target_version FROM jobs ORDER BY id").fetchall()
+    return server.sql("SELECT id, state, target_version FROM jobs ORDER BY id")
 
 
 def test_reply_has_exact_content_length_and_request_media_type(server):
@@ -171,9 +169,8 @@ def test_retransmitted_message_gets_identical_reply_once(server):
     assert second.body == first.body
     # The retransmission issued no second nonce: the stored one is the one sent.
     nonce = base64.b64decode(decode(first).commands[0].chal.next_nonce)
-    with sqlite3.connect(server.data_dir / "dmserver.db") as db:
-        stored = db.execute("SELECT client_nonce FROM devices").fetchone()[0]
-        sessions = db.execute("SELECT count(*) FROM dm_sessions").fetchone()[0]
+    stored = bytes(server.sql("SELECT client_nonce FROM devices")[0][0])
+    sessions = server.sql("SELECT count(*) FROM dm_sessions")[0][0]
     assert stored == nonce
     assert sessions == 1
 

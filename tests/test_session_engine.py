@@ -269,3 +269,60 @@ def test_device_at_target_version_closes_job():
 def test_choose_package(source_version, model, expected):
     chosen = engine.choose_package(job_offer().packages, model, source_version)
     assert (chosen.package_id if chosen else None) == expected
+
+
+def test_management_request_sent_and_statuses_reported():
+    device = account()
+    request = engine.ManagementRequest(
+        5,
+        [
+            Command("Get", "", items=[Item(target="./DevInfo/Mod")]),
+            Command(
+                "Atomic",
+                "",
+                commands=[
+                    Command("Replace", "", items=[Item(target="./A", data="1")]),
+                    Command("Delete", "", items=[Item(target="./B")]),
+                ],
+            ),
+        ],
+    )
+    ctx = context(device)
+    ctx.management = [request]
+    first = engine.handle(package1(md5_cred(b"null")), None, ctx)
+    assert engine.ManagementSent(5) in first.effects
+    sent = [c for c in first.reply.commands if c.name != "Status"]
+    assert [c.name for c in sent] == ["Get", "Atomic"]
+    atomic = sent[1]
+    ids = [c.cmd_id for c in first.reply.commands] + [c.cmd_id for c in atomic.commands]
+    # CmdIDs are unique in the message, nested commands included.
+    assert len(set(ids)) == len(ids)
+    replace, delete = atomic.commands
+
+    answers = Message(
+        header=SyncHdr(session_id="4D2", msg_id="2", target=SERVER_URL, source=DEVICE),
+        commands=[
+            Command("Status", "1", msg_ref="1", cmd_ref=sent[0].cmd_id, cmd="Get", data="200", target_refs=["./DevInfo/Mod"]),
+            Command("Results", "2", msg_ref="1", cmd_ref=sent[0].cmd_id, items=[Item(source="./DevInfo/Mod", data="FP-100")]),
+            Command("Status", "3", msg_ref="1", cmd_ref=atomic.cmd_id, cmd="Atomic", data="507"),
+            Command("Status", "4", msg_ref="1", cmd_ref=replace.cmd_id, cmd="Replace", data="216", target_refs=["./A"]),
+            Command("Status", "5", msg_ref="1", cmd_ref=delete.cmd_id, cmd="Delete", data="404", target_refs=["./B"]),
+        ],
+    )
+    second = engine.handle(answers, first.state, context(device))
+    results = [e for e in second.effects if isinstance(e, engine.ManagementResult)]
+    assert [(r.kind, r.cmd, r.code, r.target) for r in results] == [
+        ("Status", "Get", 200, "./DevInfo/Mod"),
+        ("Results", "Get", None, None),
+        ("Status", "Atomic", 507, None),
+        ("Status", "Replace", 216, "./A"),
+        ("Status", "Delete", 404, "./B"),
+    ]
+    assert results[1].items[0]["data"] == "FP-100"
+    assert engine.ManagementCompleted(5) in second.effects
+    assert second.ended
+
+
+def test_interior_node_children_percent_decoded():
+    item = Item(source="./Vendor", meta=Meta(format="node"), data="a%20b/c%2Fd/e")
+    assert engine._item_json(item)["children"] == ["a b", "c/d", "e"]

@@ -88,6 +88,12 @@ class JobOffer:
 
 
 @dataclass
+class ManagementRequest:
+    request_id: int
+    commands: list[Command]
+
+
+@dataclass
 class Context:
     device: DeviceAccount | None
     server_id: str
@@ -104,6 +110,8 @@ class Context:
     read_object: Callable[[str, int, int], bytes] | None = None
     server_max_msg_size: int = 1_048_576
     server_max_obj_size: int = 4_194_304
+    # Operator management requests to send in this session.
+    management: list[ManagementRequest] = field(default_factory=list)
 
 
 @dataclass
@@ -135,6 +143,7 @@ class SessionState:
     large_out: dict | None = None
     large_in: dict | None = None
     client_auth_scheme: str | None = None
+    mgmt_ids: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -217,6 +226,28 @@ class GenericAlertReceived:
 
 
 @dataclass
+class ManagementSent:
+    request_id: int
+
+
+@dataclass
+class ManagementResult:
+    """One Status or Results of a management request, as the client sent it."""
+
+    request_id: int
+    kind: str  # "Status" or "Results"
+    cmd: str | None
+    code: int | None
+    target: str | None
+    items: list[dict]
+
+
+@dataclass
+class ManagementCompleted:
+    request_id: int
+
+
+@dataclass
 class Outcome:
     reply: Message
     state: SessionState
@@ -231,14 +262,24 @@ class Outcome:
 # The engine
 
 
+def number_commands(commands: list[Command], start: int) -> int:
+    """Give CmdIDs in document order, nested Atomic and Sequence commands
+    included (CmdIDs are unique within a message); return the next one."""
+    for command in commands:
+        command.cmd_id = str(start)
+        start = number_commands(command.commands, start + 1)
+    return start
+
+
 class _Reply:
     """Collects reply commands with CmdIDs numbered from 1 in this message."""
 
     def __init__(self):
         self.commands: list[Command] = []
+        self.next_id = 1
 
     def add(self, command: Command) -> Command:
-        command.cmd_id = str(len(self.commands) + 1)
+        self.next_id = number_commands([command], self.next_id)
         self.commands.append(command)
         return command
 
@@ -372,8 +413,7 @@ def _finish(
     header = _reply_header(message, state, ctx, ended=False)
 
     def measure(commands: list[Command]) -> int:
-        for number, command in enumerate(commands, start=1):
-            command.cmd_id = str(number)
+        number_commands(commands, 1)
         return len(ctx.encode(Message(header=header, commands=commands, final=True)))
 
     complete = True
@@ -388,7 +428,8 @@ def _finish(
         for command, purpose in result.placed:
             reply.add(command)
             if purpose:
-                state.pending[command.cmd_id] = purpose
+                for part in command.walk():
+                    state.pending[part.cmd_id] = purpose
         for dropped, reason in result.dropped:
             _command_not_sent(dropped, reason, state, effects)
         state.outbox = [entry.to_json() for entry in result.outbox]
@@ -704,7 +745,18 @@ def _on_status(command: Command, state: SessionState, ctx: Context, effects, sen
     purpose = sent_pending.get(command.cmd_ref or "")
     if purpose is None:
         return
-    if purpose == "chunk":
+    if purpose.startswith("mgmt:"):
+        effects.append(
+            ManagementResult(
+                request_id=int(purpose.split(":", 1)[1]),
+                kind="Status",
+                cmd=command.cmd,
+                code=code,
+                target=(command.target_refs or [None])[0],
+                items=[_item_json(item) for item in command.items],
+            )
+        )
+    elif purpose == "chunk":
         _on_chunk_status(code, state, effects)
     elif purpose in JOB_PURPOSES and state.job_id is not None:
         effects.append(JobStatusReceived(state.job_id, purpose, code))
@@ -736,7 +788,34 @@ def _on_chunk_status(code: int, state: SessionState, effects) -> None:
         state.phase = "failed"
 
 
+def _item_json(item: Item) -> dict:
+    data = item.data
+    if isinstance(data, bytes):
+        data = {"b64": base64.b64encode(data).decode("ascii")}
+    entry = {"source": item.source, "target": item.target, "data": data}
+    if item.meta is not None and item.meta.format:
+        entry["format"] = item.meta.format
+    if item.meta is not None and item.meta.type:
+        entry["type"] = item.meta.type
+    if item.meta is not None and (item.meta.format or "").lower() == "node" and isinstance(item.data, str):
+        # Child names of an interior node, percent-decoded.
+        entry["children"] = [_percent_decode(name) for name in item.data.split("/") if name]
+    return entry
+
+
 def _on_results(command: Command, state: SessionState, effects, sent_pending) -> None:
+    purpose = sent_pending.get(command.cmd_ref or "", "")
+    if purpose.startswith("mgmt:"):
+        effects.append(
+            ManagementResult(
+                request_id=int(purpose.split(":", 1)[1]),
+                kind="Results",
+                cmd="Get",
+                code=None,
+                target=None,
+                items=[_item_json(item) for item in command.items],
+            )
+        )
     values: dict[str, tuple[int, str | None]] = {}
     for item in command.items:
         path = item.source or item.target
@@ -770,6 +849,21 @@ def _percent_decode(name: str) -> str:
 
 def _plan_server_commands(state: SessionState, ctx: Context, effects) -> list[Planned]:
     job = ctx.job
+    if state.phase == "mgmt":
+        for request_id in state.mgmt_ids:
+            effects.append(ManagementCompleted(request_id))
+        state.mgmt_ids = []
+        state.phase = "start"
+        ctx.management = []
+    if state.phase == "start" and ctx.management:
+        planned = []
+        for request in ctx.management:
+            effects.append(ManagementSent(request.request_id))
+            state.mgmt_ids.append(request.request_id)
+            for command in request.commands:
+                planned.append(Planned(command, f"mgmt:{request.request_id}"))
+        state.phase = "mgmt"
+        return planned
     if state.phase == "start":
         if job is None:
             state.phase = "done"

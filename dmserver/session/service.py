@@ -15,15 +15,17 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from twisted.logger import Logger
 
 from ..fota import jobs
+from ..store.management import MgmtRequest
 from ..store.models import Device, DmSession, Job, Package, TreeValue
 from ..syncml import auth
-from ..syncml.codes import AUTH_MAC
+from ..syncml.codes import AUTH_MAC, StatusCode
 from ..syncml.codec import (
     CodecError,
     DecodedMessage,
@@ -35,7 +37,7 @@ from ..syncml.codec import (
     media_type_base,
     sniff_encoding,
 )
-from ..syncml.model import Command, Message, SyncHdr
+from ..syncml.model import Command, Message, SyncHdr, command_from_json
 from . import engine
 
 log = Logger(namespace="dmserver.session")
@@ -45,6 +47,7 @@ log = Logger(namespace="dmserver.session")
 REPLAY_WINDOW = timedelta(minutes=15)
 HMAC_HEADER = "x-syncml-hmac"
 SESSION_TOKEN_BYTES = 16
+SERVER_INITIATED_ALERT = "1200"
 
 
 @dataclass
@@ -53,6 +56,10 @@ class ServerSettings:
     base_url: str = "http://127.0.0.1:8700"
     max_body: int = 1_048_576
     data_dir: Path = Path("data")
+    # Called in the request's transaction with (db, device, SessionID, now)
+    # when a device authenticates in a session it opened with Alert 1200.
+    # The push service sets it to correlate the session with its pushes.
+    on_server_initiated_session: Callable[[Session, Device, str, datetime], None] | None = None
 
 
 @dataclass
@@ -148,10 +155,14 @@ def process_request(
         encode=lambda reply: encode_message(reply, decoded.encoding),
         read_object=lambda source, offset, length: _read_object(db, settings, source, offset, length),
         server_max_msg_size=settings.max_body,
+        management=_management_requests(db, device, state),
     )
 
     # Step 4: run the engine and store what it decided.
+    was_authenticated = state is not None and state.authenticated
     outcome = engine.handle(message, state, ctx)
+    if device is not None and outcome.state.authenticated and not was_authenticated:
+        _on_authenticated(db, device, message, settings, now)
     if device is not None:
         _apply_effects(db, device, outcome.effects, now)
     reply_bytes = encode_message(outcome.reply, decoded.encoding)
@@ -170,6 +181,27 @@ def process_request(
     stored.updated_at = now
     _log_message(header, outcome)
     return HttpReply(body=reply_bytes, content_type=decoded.media_type, headers=headers)
+
+
+def _on_authenticated(
+    db: Session, device: Device, message: Message, settings: ServerSettings, now: datetime
+) -> None:
+    """Hand a server-initiated session (Alert 1200) to the push correlation hook."""
+    hook = settings.on_server_initiated_session
+    server_initiated = any(
+        command.name == "Alert" and (command.data or "").strip() == SERVER_INITIATED_ALERT
+        for command in message.commands
+    )
+    if hook is None or not server_initiated:
+        return
+    try:
+        hook(db, device, message.header.session_id, now)
+    except Exception:  # noqa: BLE001 - correlation must not fail the session
+        log.failure(
+            "correlating session {sid} of {device} with its pushes failed",
+            sid=message.header.session_id,
+            device=device.device_id,
+        )
 
 
 def _find_session(db: Session, token, header: SyncHdr, body_sha: str, now: datetime) -> DmSession | None:
@@ -225,6 +257,23 @@ def _account(device: Device | None) -> engine.DeviceAccount | None:
     )
 
 
+def _management_requests(
+    db: Session, device: Device | None, state: engine.SessionState | None
+) -> list[engine.ManagementRequest]:
+    """Queued operator requests, offered only before the session's own planning starts."""
+    if device is None or (state is not None and state.phase not in ("start",)):
+        return []
+    rows = db.scalars(
+        select(MgmtRequest)
+        .where(MgmtRequest.device_pk == device.id, MgmtRequest.state == "queued")
+        .order_by(MgmtRequest.id)
+    ).all()
+    return [
+        engine.ManagementRequest(row.id, [command_from_json(c) for c in row.commands])
+        for row in rows
+    ]
+
+
 def _job_for_session(db: Session, device: Device | None, state: engine.SessionState | None) -> Job | None:
     if device is None:
         return None
@@ -274,6 +323,8 @@ def _apply_effects(db: Session, device: Device, effects: list, now: datetime) ->
             device.manufacturer = effect.values.get("Man", device.manufacturer)
         elif isinstance(effect, engine.TreeValuesReceived):
             _store_tree_values(db, device, effect.values, now)
+        elif isinstance(effect, (engine.ManagementSent, engine.ManagementResult, engine.ManagementCompleted)):
+            _apply_management_effect(db, device, effect, now)
         elif isinstance(effect, engine.AuthenticationFailed):
             log.warn(
                 "authentication of {device} failed: {reason}",
@@ -284,7 +335,42 @@ def _apply_effects(db: Session, device: Device, effects: list, now: datetime) ->
             _apply_job_effect(db, device, effect, now)
 
 
-def _store_tree_values(db: Session, device: Device, values, now: datetime) -> None:
+def _apply_management_effect(db: Session, device: Device, effect, now: datetime) -> None:
+    request = db.get(MgmtRequest, effect.request_id)
+    if request is None:
+        return
+    request.updated_at = now
+    if isinstance(effect, engine.ManagementSent):
+        request.state = "sent"
+        log.info("management request {id} sent to {device}", id=request.id, device=device.device_id)
+    elif isinstance(effect, engine.ManagementCompleted):
+        request.state = "done"
+        log.info("management request {id} of {device} done", id=request.id, device=device.device_id)
+    else:
+        entry = {
+            "kind": effect.kind,
+            "cmd": effect.cmd,
+            "code": effect.code,
+            "meaning": _status_meaning(effect.code),
+            "target": effect.target,
+            "items": effect.items,
+        }
+        request.results = [*(request.results or []), entry]
+        if effect.kind == "Status" and effect.target and effect.code is not None:
+            _store_tree_values(db, device, {effect.target: (effect.code, None)}, now, keep_value=True)
+
+
+def _status_meaning(code: int | None) -> str | None:
+    """Name of a SyncML status code, e.g. 216 atomic_rollback_ok, 507 atomic_failed."""
+    if code is None:
+        return None
+    try:
+        return StatusCode(code).name.lower()
+    except ValueError:
+        return "success" if 200 <= code < 300 else "error"
+
+
+def _store_tree_values(db: Session, device: Device, values, now: datetime, keep_value: bool = False) -> None:
     for path, (status, value) in values.items():
         row = db.scalars(
             select(TreeValue).where(TreeValue.device_pk == device.id, TreeValue.path == path)
@@ -292,7 +378,8 @@ def _store_tree_values(db: Session, device: Device, values, now: datetime) -> No
         if row is None:
             row = TreeValue(device_pk=device.id, path=path)
             db.add(row)
-        row.value = value
+        if not keep_value:
+            row.value = value
         row.status = status
         row.updated_at = now
         if path == engine.FWV_PATH and status == 200 and value:

@@ -3,6 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+import dmserver.store.management  # noqa: F401  (registers its table)
 from dmserver.store.models import Base
 
 config = context.config

@@ -127,10 +127,23 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('job_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_job_events_job_id'), ['job_id'], unique=False)
-
+    op.create_table('mgmt_requests',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('device_pk', sa.Integer(), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('commands', sa.JSON(), nullable=False),
+    sa.Column('results', sa.JSON(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['device_pk'], ['devices.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    op.create_index(op.f('ix_mgmt_requests_device_pk'), 'mgmt_requests', ['device_pk'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f('ix_mgmt_requests_device_pk'), table_name='mgmt_requests')
+    op.drop_table('mgmt_requests')
     with op.batch_alter_table('job_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_job_events_job_id'))
 
