@@ -12,6 +12,7 @@ from pathlib import Path
 from twisted.application import internet, service
 from twisted.web import resource, server
 
+from .push.service import PushConfig, PushService, build_gateway
 from .session.service import ServerSettings
 from .store.db import Database
 from .web.dl import DownloadResource
@@ -39,6 +40,7 @@ class ServerConfig:
     base_url: str | None = None  # public URL of this server, used in RespURI and downloads
     server_id: str = "dmserver"
     max_body: int = 1_048_576
+    push: PushConfig | None = None  # None or gateway "none": no pushes
 
     def settings(self, port: int | None = None) -> ServerSettings:
         base = self.base_url or f"http://{self.host}:{port or self.port}"
@@ -72,11 +74,33 @@ def build_site(db: Database, config: ServerConfig, settings: ServerSettings) -> 
     return site
 
 
+def build_push_service(
+    db: Database, config: ServerConfig, settings: ServerSettings, reactor
+) -> PushService | None:
+    """Return the push service ``config.push`` asks for, or None.
+
+    Raises:
+        ValueError: the gateway lacks the credentials it needs.
+    """
+    if config.push is None or not config.push.enabled:
+        return None
+    gateway = build_gateway(config.push, reactor)
+    return PushService(db, settings, config.push, gateway, reactor)
+
+
 def make_service(config: ServerConfig, reactor=None) -> service.Service:
-    """A TCP service for twistd; the database pool starts with the reactor."""
+    """The TCP service for twistd, with the push service when one is configured."""
     if reactor is None:
         from twisted.internet import reactor
     db = open_database(config)
     db.start_threadpool(reactor)
-    site = build_site(db, config, config.settings())
-    return internet.TCPServer(config.port, site, interface=config.host)
+    settings = config.settings()
+    site = build_site(db, config, settings)
+    web = internet.TCPServer(config.port, site, interface=config.host)
+    push = build_push_service(db, config, settings, reactor)
+    if push is None:
+        return web
+    parent = service.MultiService()
+    web.setServiceParent(parent)
+    push.setServiceParent(parent)
+    return parent

@@ -27,6 +27,9 @@ from .descriptor import DownloadDescriptor, build_descriptor, parse_install_noti
 log = Logger(namespace="dmserver.downloads")
 
 PACKAGE_MEDIA_TYPE = "application/octet-stream"
+# FUMO result code 200 (Successful), recorded for a session-less job whose
+# install notify reports 900.
+FUMO_SUCCESSFUL = 200
 # Jobs whose package may still be downloaded.
 DOWNLOADABLE_STATES = ("delivered", "accepted", "downloading", "downloaded", "installed")
 
@@ -106,6 +109,12 @@ def install_notify(db: Session, token: str, body: bytes, now: datetime) -> tuple
     job.install_status = code
     if code == 900:
         jobs.advance(db, job, "installed", now, install_status=code)
+        if jobs.delivered_sessionless(db, job):
+            # The phone was reached by a Service Loading push and sends no
+            # Generic Alert: its install notify is the final report.
+            jobs.close_with_result(
+                db, job, FUMO_SUCCESSFUL, now, source="install notify (session-less)"
+            )
     else:
         fumo_code = install_status_to_fumo(code)
         job.result_code = fumo_code

@@ -35,6 +35,9 @@ AWAITING_RESULT = ("delivered", "accepted", "downloading", "downloaded", "instal
 # States in which a Generic Alert or install notify may still change the job.
 OPEN_STATES = ("queued",) + AWAITING_RESULT
 TOKEN_BYTES = 12
+# Detail key of a "delivered" event whose package went out in a Service
+# Loading push: that job is completed by its install notify alone.
+SESSIONLESS_KEY = "sessionless"
 
 
 class JobError(ValueError):
@@ -141,6 +144,16 @@ def close_with_result(session: Session, job: Job, result_code: int, now: datetim
     if meaning.outcome is JobOutcome.CANCELLED:
         state = "cancelled"
     set_state(session, job, state, now, result_code=result_code, meaning=meaning.name, source=source)
+
+
+def delivered_sessionless(session: Session, job: Job) -> bool:
+    """Tell whether the job's last delivery was a session-less push."""
+    event = session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job.id, JobEvent.kind == "delivered")
+        .order_by(JobEvent.id.desc())
+    ).first()
+    return event is not None and bool((event.detail or {}).get(SESSIONLESS_KEY))
 
 
 def find_job_for_alert(

@@ -18,6 +18,15 @@ class Options(usage.Options):
         ["port", None, 8700, "TCP port", int],
         ["base-url", None, None, "public URL used in RespURI and download URLs"],
         ["server-id", None, "dmserver", "server id in the devices' DM accounts"],
+        ["push-gateway", None, "none", "none, file:DIR, kannel-sendsms:URL or kannel-pap:URL"],
+        ["push-username", None, None, "gateway user (default $DMSERVER_PUSH_USERNAME)"],
+        ["push-password", None, None, "gateway password (default $DMSERVER_PUSH_PASSWORD)"],
+        ["push-rate", None, 1.0, "SMS per second", float],
+        ["push-retry-window", None, 300.0, "seconds a phone has to answer the first push", float],
+        ["push-backoff", None, 2.0, "factor applied to each later window", float],
+        ["push-max", None, 3, "pushes per job at most", int],
+        ["push-scan-interval", None, 10.0, "seconds between scans for jobs to push", float],
+        ["push-notify-window", None, 1800.0, "seconds a session-less phone has to send its install notify", float],
     ]
 
 
@@ -29,7 +38,22 @@ class DmServerMaker:
 
     def makeService(self, options):
         from dmserver import app
+        from dmserver.push.service import PushConfig, parse_gateway_spec
 
+        try:
+            push = PushConfig(
+                gateway=parse_gateway_spec(options["push-gateway"]),
+                username=options["push-username"],
+                password=options["push-password"],
+                rate=options["push-rate"],
+                retry_window=options["push-retry-window"],
+                backoff=options["push-backoff"],
+                max_pushes=options["push-max"],
+                scan_interval=options["push-scan-interval"],
+                notify_window=options["push-notify-window"],
+            )
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
         data_dir = Path(options["data-dir"]) if options["data-dir"] else app.default_data_dir()
         config = app.ServerConfig(
             data_dir=data_dir,
@@ -38,6 +62,7 @@ class DmServerMaker:
             port=options["port"],
             base_url=options["base-url"],
             server_id=options["server-id"],
+            push=push,
         )
         return app.make_service(config)
 
