@@ -184,21 +184,26 @@ def test_dropped_download_resumes(fota, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "auth, options",
+    "auth, delivery, options",
     [
-        ("hmac", ["--encoding", "wbxml", "--max-msg-size", "3500", "--auth", "hmac"]),
-        ("md5", ["--dm-version", "1.1.2", "--max-msg-size", "3500"]),
-        ("basic", ["--encoding", "wbxml", "--max-msg-size", "3500", "--auth", "basic"]),
+        ("hmac", "download", ["--encoding", "wbxml", "--max-msg-size", "3500", "--auth", "hmac"]),
+        ("md5", "download", ["--dm-version", "1.1.2", "--max-msg-size", "3500"]),
+        ("basic", "download", ["--encoding", "wbxml", "--max-msg-size", "3500", "--auth", "basic"]),
+        ("md5", "inband", ["--encoding", "wbxml", "--max-msg-size", "3500"]),
+        ("hmac", "inband", ["--max-msg-size", "3500", "--auth", "hmac"]),
     ],
 )
-def test_small_messages_and_protocol_variants(fota, tmp_path, auth, options):
+def test_small_messages_and_protocol_variants(fota, tmp_path, auth, delivery, options):
     server, proxy = fota
-    provision(server, auth=auth)
+    provision(server, auth=auth, delivery=delivery)
     result = run_sim(server, proxy, tmp_path / "phone", *options)
     assert result.returncode == 0, result.stdout + result.stderr
     assert job_row(server)[:2] == ("succeeded", 200)
     assert phone_image_sha256(tmp_path / "phone") == NEW_SHA256
     assert proxy.replies
+    if delivery == "inband":
+        # The package travelled in the session, in several chunks.
+        assert len(proxy.replies) > 10
     for content_type, body in proxy.replies:
         assert len(body) <= 3500
         if "--encoding" in options:

@@ -81,6 +81,12 @@ def _option(args: list[str], name: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    parser.add_argument(
+        "--delivery",
+        choices=("download", "inband"),
+        default="download",
+        help="download: DownloadAndUpdate with a descriptor; inband: the package in the session",
+    )
     args, sim_args = parser.parse_known_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="dmserver-demo-"))
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         step("creating the package signing key")
         run(dmserver + ["keys", "init"])
         auth = _option(sim_args, "--auth") or "md5"
-        delivery = "inband" if "--no-download-agent" in sim_args else "download"
+        delivery = args.delivery
         step(f"provisioning {DEVICE} (auth {auth}, delivery {delivery})")
         run(
             dmserver
