@@ -326,3 +326,11 @@ def test_management_request_sent_and_statuses_reported():
 def test_interior_node_children_percent_decoded():
     item = Item(source="./Vendor", meta=Meta(format="node"), data="a%20b/c%2Fd/e")
     assert engine._item_json(item)["children"] == ["a b", "c/d", "e"]
+
+
+def test_duplicate_cmd_ids_answered_one_by_one():
+    message = package1(md5_cred(b"null"))
+    message.commands.append(Command("Replace", "2", items=[Item(source="./DevInfo/Lang", data="en")]))
+    outcome = engine.handle(message, None, context(account()))
+    refs = [(s.cmd_ref, s.cmd, s.source_refs) for s in statuses(outcome.reply)][1:]
+    assert refs == [("1", "Alert", []), ("2", "Replace", ["./DevInfo/Mod"]), ("2", "Replace", ["./DevInfo/Lang"])]
