@@ -7,6 +7,10 @@ phone is idle, printing one ``dmsim:`` line per step, and ends with::
 
     dmsim: idle; firmware <version> sha256 <hex>
 
+With ``--push-source`` and ``--msisdn`` the phone first waits for a WAP
+push and acts on it: a Package 0 starts a session with Alert 1200, a
+Service Loading push an update reported by install notify (see push.py).
+
 ``dmsim show`` prints the phone's DM tree and pending work.
 
 Exit status: 0 when idle, 1 when a session failed (unreachable server,
@@ -24,6 +28,7 @@ from pathlib import Path
 from ..syncml.codec import Encoding
 from ..syncml.codes import AlertCode
 from . import phone as phone_module
+from . import push as push_module
 from .download import DEFAULT_MIN_BATTERY, UpdateOptions
 from .phone import Phone, PhoneStateError
 from .session import (
@@ -224,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start with Alert 1200 and this SessionID, as after a "
         "server notification",
     )
+    push_module.add_push_arguments(run)
 
     show = commands.add_parser(
         "show", help="print the phone's DM tree and pending work"
@@ -333,7 +339,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         drop_after=args.drop_after,
     )
     options = RunOptions(session=session, update=update, max_sessions=args.max_sessions)
-    report = run_until_idle(phone, server_url, options)
+    try:
+        push = push_module.push_options(args)
+    except ValueError as error:
+        parser.error(str(error))
+    if push is not None:
+        report = push_module.run_after_push(phone, server_url, options, push).run
+    else:
+        report = run_until_idle(phone, server_url, options)
     if report.reported_codes:
         codes = ", ".join(str(code) for code in report.reported_codes)
         print(f"dmsim: FUMO results reported: {codes}")
