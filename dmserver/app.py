@@ -15,12 +15,19 @@ from twisted.web import resource, server
 from .push.service import PushConfig, PushService, build_gateway
 from .session.service import ServerSettings
 from .store.db import Database
+from .web.api import ApiResource
 from .web.dl import DownloadResource
 from .web.dm import DmResource
 
 DEFAULT_PORT = 8700
 DATA_DIR_ENV = "DMSERVER_DATA_DIR"
 DB_URL_ENV = "DMSERVER_DB"
+# Seconds between campaign dispatch rounds and between webhook sends; 0
+# turns the loop off in this process.
+CAMPAIGN_TICK_ENV = "DMSERVER_CAMPAIGN_TICK"
+WEBHOOK_TICK_ENV = "DMSERVER_WEBHOOK_TICK"
+DEFAULT_CAMPAIGN_TICK = 2.0
+DEFAULT_WEBHOOK_TICK = 1.0
 
 
 def default_data_dir() -> Path:
@@ -69,9 +76,46 @@ def build_site(db: Database, config: ServerConfig, settings: ServerSettings) -> 
     root = _Root()
     root.putChild(b"dm", DmResource(db, settings))
     root.putChild(b"dl", DownloadResource(db, settings, config.data_dir))
+    api = resource.Resource()
+    api.putChild(b"v1", ApiResource(db, config.data_dir))
+    root.putChild(b"api", api)
     site = server.Site(root)
     site.displayTracebacks = False
+    schedule_background_loops(db)
     return site
+
+
+def _tick(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"${name} must be a number of seconds, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"${name} must be 0 or more seconds, got {text!r}")
+    return value
+
+
+def schedule_background_loops(db: Database, reactor=None) -> None:
+    """Start the campaign scheduler and the webhook sender once the reactor
+    runs, and stop them at shutdown."""
+    from .campaign.scheduler import CampaignScheduler
+    from .webhooks import WebhookSender
+
+    if reactor is None:
+        from twisted.internet import reactor
+    loops = []
+    campaign_tick = _tick(CAMPAIGN_TICK_ENV, DEFAULT_CAMPAIGN_TICK)
+    if campaign_tick > 0:
+        loops.append(CampaignScheduler(db, reactor, campaign_tick))
+    webhook_tick = _tick(WEBHOOK_TICK_ENV, DEFAULT_WEBHOOK_TICK)
+    if webhook_tick > 0:
+        loops.append(WebhookSender(db, reactor, webhook_tick))
+    for loop in loops:
+        reactor.callWhenRunning(loop.start)
+        reactor.addSystemEventTrigger("before", "shutdown", loop.stop)
 
 
 def build_push_service(

@@ -641,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply schema migrations").set_defaults(func=cmd_db_upgrade)
+
+    from .campaign.cli import add_parsers as add_campaign_parsers
+
+    add_campaign_parsers(commands)
     return parser
 
 

@@ -202,3 +202,110 @@ def record_attempt(
     else:
         delivery.next_attempt_at = now + timedelta(seconds=retry_delay(delivery.attempts))
     return delivery.state
+
+
+# ---------------------------------------------------------------------------
+# The sender
+
+
+def utcnow() -> datetime:
+    from datetime import timezone
+
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class WebhookSender:
+    """Sends due outbox rows every ``interval`` seconds while started.
+
+    A slow or dead receiver delays only its own deliveries: requests run
+    concurrently, each bounded by ``REQUEST_TIMEOUT_SECONDS``, and DM
+    sessions never wait for them.
+    """
+
+    def __init__(self, db, reactor, interval: float = 1.0, agent=None):
+        from twisted.internet.task import LoopingCall
+        from twisted.web.client import Agent
+
+        self.db = db
+        self.reactor = reactor
+        self.interval = interval
+        self.agent = agent or Agent(reactor, connectTimeout=REQUEST_TIMEOUT_SECONDS)
+        self.loop = LoopingCall(self.tick)
+        self.loop.clock = reactor
+
+    def start(self) -> None:
+        log.info("webhook sender started, every {interval} s", interval=self.interval)
+        self.loop.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        if self.loop.running:
+            self.loop.stop()
+
+    def tick(self):
+        from twisted.internet import defer
+
+        d = self.db.run(lambda session: claim_due(session, utcnow()))
+
+        def send_all(claimed):
+            return defer.DeferredList([self._send(item) for item in claimed], consumeErrors=True)
+
+        d.addCallback(send_all)
+        d.addErrback(lambda failure: log.failure("webhook round failed", failure))
+        return d
+
+    def _send(self, item: dict[str, Any]):
+        from io import BytesIO
+
+        from twisted.web.client import FileBodyProducer, readBody
+        from twisted.web.http_headers import Headers
+
+        body = item["body"].encode("utf-8")
+        headers = Headers(
+            {
+                b"Content-Type": [b"application/json"],
+                b"User-Agent": [b"dmserver-webhooks"],
+                EVENT_HEADER.encode(): [item["event"].encode()],
+                DELIVERY_HEADER.encode(): [str(item["id"]).encode()],
+                SIGNATURE_HEADER.encode(): [sign(item["secret"], body).encode()],
+            }
+        )
+        d = self.agent.request(b"POST", item["url"].encode("utf-8"), headers, FileBodyProducer(BytesIO(body)))
+        d.addTimeout(REQUEST_TIMEOUT_SECONDS, self.reactor)
+
+        def answered(response):
+            finished = readBody(response)
+            finished.addCallback(lambda _: response.code)
+            return finished
+
+        def outcome(code):
+            if 200 <= code < 300:
+                return True, None
+            return False, f"HTTP {code}"
+
+        def failed(failure):
+            return False, f"{failure.type.__name__}: {failure.getErrorMessage()}"
+
+        d.addCallback(answered)
+        d.addCallback(outcome)
+        d.addErrback(failed)
+        d.addCallback(self._record, item)
+        return d
+
+    def _record(self, result: tuple[bool, str | None], item: dict[str, Any]):
+        ok, error = result
+        d = self.db.run(lambda session: record_attempt(session, item["id"], ok, error, utcnow()))
+
+        def logged(state):
+            if ok:
+                log.info("webhook {delivery} ({event}) delivered to {url}",
+                         delivery=item["id"], event=item["event"], url=item["url"])
+            else:
+                log.warn(
+                    "webhook {delivery} ({event}) to {url} failed on attempt {attempt}: {error}; now {state}",
+                    delivery=item["id"], event=item["event"], url=item["url"],
+                    attempt=item["attempts"] + 1, error=error, state=state,
+                )
+            return state
+
+        d.addCallback(logged)
+        return d

@@ -239,14 +239,35 @@ def prepare(
     max_workers: int | None = None,
     progress: Callable[[str], None] = lambda line: None,
 ) -> Campaign:
-    """Start a draft campaign: build its missing deltas, fix the package
-    plan, make the matching devices members and open wave 1.
+    """Start a draft campaign: move it to ``preparing``, then run
+    :func:`run_preparation`.
 
     Runs several transactions and blocks while deltas are built, so call it
     from a worker thread or the command line, never on the reactor thread.
     """
-    campaign = db.call(lambda s: lifecycle.begin_start(s, campaign_id, now()))
+    db.call(lambda s: lifecycle.begin_start(s, campaign_id, now()))
+    return run_preparation(
+        db, data_dir, campaign_id, now=now, max_workers=max_workers, progress=progress
+    )
+
+
+def run_preparation(
+    db: Database,
+    data_dir: Path,
+    campaign_id: int,
+    *,
+    now: Callable[[], datetime],
+    max_workers: int | None = None,
+    progress: Callable[[str], None] = lambda line: None,
+) -> Campaign:
+    """Build the missing deltas of a ``preparing`` campaign, fix its package
+    plan, make the matching devices members and open wave 1.
+
+    On failure the campaign goes back to ``draft`` with the reason in its
+    ``preparation`` field, and the error is raised again.
+    """
     try:
+        campaign = db.call(lambda s: lifecycle.get(s, campaign_id))
         needs = db.call(lambda s: find_needs(s, lifecycle.get(s, campaign_id), data_dir))
         missing = [n for n in needs if not n.has_delta]
         for need in missing:
