@@ -14,7 +14,10 @@ Each request carries::
     X-Dmserver-Delivery: 42
     X-Dmserver-Signature: sha256=<hex HMAC-SHA256 of the body with the endpoint secret>
 
-Any 2xx answer delivers the event. Anything else, or no answer within
+Requests are sent concurrently and retried independently, so they may
+arrive out of order. ``X-Dmserver-Delivery`` is the outbox row id, which
+grows in the order the events were stored. Any 2xx response delivers the
+event. Anything else, or no answer within
 ``REQUEST_TIMEOUT_SECONDS``, is retried after ``RETRY_BASE_SECONDS *
 2**(attempts - 1)`` seconds (capped at ``RETRY_MAX_SECONDS``) until
 ``MAX_ATTEMPTS`` attempts, when the row is marked failed.
@@ -222,13 +225,15 @@ class WebhookSender:
     sessions never wait for them.
     """
 
-    def __init__(self, db, reactor, interval: float = 1.0, agent=None):
+    def __init__(self, db, reactor, interval: float = 1.0, agent=None, clock=None):
         from twisted.internet.task import LoopingCall
         from twisted.web.client import Agent
 
         self.db = db
         self.reactor = reactor
         self.interval = interval
+        # Returns the naive UTC time that due rows and back-off are measured in.
+        self.clock = clock or utcnow
         self.agent = agent or Agent(reactor, connectTimeout=REQUEST_TIMEOUT_SECONDS)
         self.loop = LoopingCall(self.tick)
         self.loop.clock = reactor
@@ -244,7 +249,7 @@ class WebhookSender:
     def tick(self):
         from twisted.internet import defer
 
-        d = self.db.run(lambda session: claim_due(session, utcnow()))
+        d = self.db.run(lambda session: claim_due(session, self.clock()))
 
         def send_all(claimed):
             return defer.DeferredList([self._send(item) for item in claimed], consumeErrors=True)
@@ -293,7 +298,7 @@ class WebhookSender:
 
     def _record(self, result: tuple[bool, str | None], item: dict[str, Any]):
         ok, error = result
-        d = self.db.run(lambda session: record_attempt(session, item["id"], ok, error, utcnow()))
+        d = self.db.run(lambda session: record_attempt(session, item["id"], ok, error, self.clock()))
 
         def logged(state):
             if ok:
