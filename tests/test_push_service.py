@@ -192,7 +192,7 @@ def test_queued_job_gets_package0(database, data_dir, tmp_path):
     assert len(pushes) == 1
     assert pushes[0].content_type_code == wsp.CONTENT_TYPE_SYNCML_NOTIFICATION
     assert pushes[0].application_id_code == wsp.APPLICATION_ID_SYNCML_DM
-    # The server knows no nonce yet: four zero octets, the default resync nonce.
+    # The server has no stored nonce yet: four zero octets, the default resync nonce.
     assert pushes[0].body == expected_package0(0x1A2B, b"\x00\x00\x00\x00")
     events = harness.events("push")
     assert len(events) == 1

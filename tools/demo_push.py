@@ -9,9 +9,9 @@ Run directly, the script starts that namespace itself, so
 Steps: provision a phone with an MSISDN, store the two libexpat builds from
 fixtures/firmware as two firmware versions, queue a FOTA job, start the
 server with the kannel-sendsms gateway, and start dmsim waiting for SMS on
-the fake SMSC's log. The server pushes Package 0 (or, with
-``--sessionless``, a Service Loading document for a phone whose profile
-says ``sessionless``); Kannel hands the SMS to the fake SMSC; the phone
+the fake SMSC's log. The server pushes Package 0, or with
+``--sessionless`` a Service Loading document for a phone whose profile has
+``sessionless``. Kannel hands the SMS to the fake SMSC, and the phone
 verifies the push and updates.
 
 The last line is

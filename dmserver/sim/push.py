@@ -34,7 +34,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..mo import fumo
@@ -72,7 +72,7 @@ class PushTimeoutError(SessionError):
 
 @dataclass(frozen=True)
 class PushSource:
-    """Where pushes arrive: ``fakesmsc`` log file or ``file`` gateway directory."""
+    """A push source: the fake SMSC's log file or a file gateway directory."""
 
     kind: str
     path: Path
@@ -277,7 +277,7 @@ def session_id_text(session_id: int, form: str) -> str:
 
 @dataclass
 class PushOptions:
-    """How the phone receives pushes and answers them. Times are in seconds."""
+    """Settings for receiving pushes and acting on them. Times are in seconds."""
 
     source: PushSource
     msisdn: str
@@ -289,13 +289,12 @@ class PushOptions:
 
 @dataclass
 class PushRunReport:
-    """What ``run_after_push`` did."""
+    """Result of ``run_after_push``."""
 
     run: RunReport
     kind: str  # "package0" or "service-loading"
     ignored: int = 0
     session_id: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def wait_for_push(
@@ -337,7 +336,7 @@ def wait_for_push(
 def run_after_push(
     phone: Phone, server_url: str, run: RunOptions, options: PushOptions
 ) -> PushRunReport:
-    """Wait for a push, then run the session or the session-less update it asks for.
+    """Wait for a push, then run the session or session-less update it requests.
 
     Raises:
         PushTimeoutError: no acceptable push arrived in time.
