@@ -114,6 +114,9 @@ def collect_push_work(db: Session, server_id: str, now: datetime) -> list[PushTa
     ``delivered`` here. A job whose device profile is invalid or rules out
     the trigger fails here with the reason.
     """
+    # NOTE: every scan reads the events of every open job of a device with
+    # an MSISDN, one query per job. That is fine for thousands of jobs; a
+    # much larger fleet needs a cheaper marker of jobs that are done pushing.
     rows = db.execute(
         select(Job, Device)
         .join(Device, Job.device_pk == Device.id)
