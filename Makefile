@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test system-deps clean
+.PHONY: demo demo-push test system-deps clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: $(STAMP)
 	$(PY) tools/demo.py $(DEMO_ARGS)
+
+# Package 0 over WAP Push through a real Kannel with its fake SMSC, all in a
+# private network namespace; SESSIONLESS=1 pushes Service Loading instead.
+demo-push: $(STAMP)
+	unshare --net --pid --fork --kill-child $(PY) -m dmserver.push.kannel_lab \
+	    --workdir "$$(mktemp -d)" -- $(PY) tools/demo_push.py $(if $(SESSIONLESS),--sessionless)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
