@@ -455,3 +455,21 @@ def test_webhook_outbox_gets_job_and_campaign_events(db):
     assert events.count("campaign.wave_opened") == 1
     kinds = db.call(lambda s: [e.kind for e in s.scalars(select(CampaignEvent).order_by(CampaignEvent.id))])
     assert kinds == ["created", "preparing", "running", "wave_opened", "wave_passed", "completed"]
+
+
+def test_stale_job_change_keeps_final_state(db):
+    add_devices(db, 1)
+    campaign_id = make_campaign(db, waves=["100%"], error_threshold=1.0)
+    [created] = run_dispatch(db, campaign_id)
+    db.call(lambda s: jobs.set_state(s, s.get(Job, created.job_id), "downloading", T0))
+    # Transaction A loads the job, then B finishes it and commits first (as an
+    # install notify racing the end of the package download does).
+    with db.sessionmaker() as stale:
+        with stale.begin():
+            job = stale.get(Job, created.job_id)
+            assert job.state == "downloading"
+            db.call(lambda s: jobs.close_with_result(s, s.get(Job, created.job_id), 402, T0, source="x"))
+            jobs.advance(stale, job, "downloaded", T0)
+    stored = db.call(lambda s: (s.get(Job, created.job_id).state, s.get(Job, created.job_id).result_code))
+    assert stored == ("failed", 402)
+    assert db.call(lambda s: counters.read(s, campaign_id))[1] == {"failed:402": 1}

@@ -46,7 +46,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
-from sqlalchemy import and_, exists, func, insert, or_, select
+from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from .. import webhooks
@@ -135,10 +135,30 @@ def get(session: Session, campaign_id: int) -> Campaign:
     return campaign
 
 
+def write_lock(session: Session, table, row_id: int) -> None:
+    """Take the write lock of one row before reading it.
+
+    PostgreSQL locks the row. SQLite ignores FOR UPDATE and reads outside a
+    transaction until the first write, so a no-op UPDATE is what makes it
+    take the database write lock (waiting for other writers) before the
+    read that follows.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(
+            update(table)
+            .where(table.id == row_id)
+            .values(id=table.id)
+            .execution_options(synchronize_session=False)
+        )
+    else:
+        session.execute(select(table.id).where(table.id == row_id).with_for_update())
+
+
 def lock(session: Session, campaign_id: int) -> Campaign:
     """Load the campaign row for update; later commands of other
     transactions on this campaign wait until this transaction ends."""
     with session.no_autoflush:
+        write_lock(session, Campaign, campaign_id)
         campaign = session.scalars(
             select(Campaign)
             .where(Campaign.id == campaign_id)
