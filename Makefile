@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-push test system-deps clean
+.PHONY: demo demo-push demo-campaign test system-deps clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: $(STAMP)
 	$(PY) tools/demo.py $(DEMO_ARGS)
+
+# A staged rollout to 1,000 simulated phones; DB=postgresql://... runs it on
+# PostgreSQL in a throwaway schema instead of SQLite.
+demo-campaign: $(STAMP)
+	$(PY) tools/demo_campaign.py $(if $(DB),--db $(DB)) $(DEMO_ARGS)
 
 # Package 0 over WAP Push through a real Kannel with its fake SMSC, all in a
 # private network namespace; SESSIONLESS=1 pushes Service Loading instead.
