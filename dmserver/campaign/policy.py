@@ -1,9 +1,9 @@
 """Device policy checked before the FUMO Exec: battery, storage, bearer.
 
-The module is pure: the session engine asks :func:`nodes_to_read` which
+The module is pure. The session engine calls :func:`nodes_to_read` for the
 management tree nodes to Get in the discovery package (next to
-./DevDetail/FwV), and after the results arrive it calls :func:`evaluate`
-with the values and the size of the chosen package. The verdict either
+./DevDetail/FwV). After the results arrive, it calls :func:`evaluate` with
+the values and the size of the chosen package. The verdict either
 allows the update, with extra Replace commands for carrier FUMO extension
 nodes (Severity, Wi-Fi only) to send before the Exec, or defers it with a
 reason: ``battery``, ``storage`` or ``bearer``. A deferred campaign job is
@@ -20,6 +20,9 @@ a value that is not a number) does not block the update, and the verdict's
 Carrier extension nodes are written only when the model's entry names them
 and the device answered the Get of that node with 200, so a device without
 them is not sent a Replace that it would reject.
+
+NOTE: ``dmserver.session.engine`` does not call this module yet, so the
+checks are not applied in DM sessions until it does.
 """
 
 from __future__ import annotations
