@@ -16,8 +16,9 @@ from .push.service import PushConfig, PushService, build_gateway
 from .session.service import ServerSettings
 from .store.db import Database
 from .web.api import ApiResource
-from .web.dl import DownloadResource
+from .web.dl import MAX_NOTIFY_BODY, DownloadResource
 from .web.dm import DmResource
+from .web.limits import LimitedRequest
 
 DEFAULT_PORT = 8700
 DATA_DIR_ENV = "DMSERVER_DATA_DIR"
@@ -79,8 +80,11 @@ def build_site(db: Database, config: ServerConfig, settings: ServerSettings) -> 
     api = resource.Resource()
     api.putChild(b"v1", ApiResource(db, config.data_dir))
     root.putChild(b"api", api)
+    root.putChild(b"", _Root())
     site = server.Site(root)
     site.displayTracebacks = False
+    site.requestFactory = LimitedRequest
+    site.body_limits = {b"/dm": settings.max_body, b"/dl/": MAX_NOTIFY_BODY + 1}
     schedule_background_loops(db)
     return site
 

@@ -247,3 +247,50 @@ def test_install_notify_garbage_rejected_job_untouched(server):
 def test_unknown_download_token_is_404(server):
     assert get(f"{server.url}/dl/dd/unknown").status == 404
     assert get(f"{server.url}/dl/pkg/unknown").status == 404
+
+
+def test_announced_huge_body_refused_before_upload(server):
+    import socket
+
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /dm HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.syncml.dm+xml\r\n"
+            b"Content-Length: 10000000000\r\n\r\n" + b"<" * 1000
+        )
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"10000000000" in answer
+    assert header_status(post(server.dm_url, package1(server))) == "401"  # still serving
+
+
+def test_chunked_body_cut_off_at_limit(server):
+    import socket
+
+    parts = urlsplit(server.url)
+    chunk = b"a" * 65536
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /dm HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.syncml.dm+xml\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        try:
+            for _ in range(40):  # 2.5 MiB, above the 1 MiB limit
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = b""
+        try:
+            while data := sock.recv(4096):
+                answer += data
+        except ConnectionResetError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 413")
+
+
+def test_root_page_served(server):
+    response = get(server.url + "/")
+    assert response.status == 200
+    assert b"/dm" in response.body
