@@ -155,8 +155,19 @@ def test_unsupported_media_type_is_http_415(server):
 
 
 def test_oversized_body_is_413(server):
-    response = post(server.dm_url, b"<" + b"a" * (1_048_576 + 10))
-    assert response.status == 413
+    import socket
+
+    parts = urlsplit(server.url)
+    body = b"<" + b"a" * (1_048_576 + 10)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        head = b"POST /dm HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.syncml.dm+xml\r\n"
+        sock.sendall(head + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        try:
+            sock.sendall(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may close before the body is through
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413")
     provision(server)
     assert header_status(post(server.dm_url, package1(server))) == "212"
 
@@ -294,3 +305,83 @@ def test_root_page_served(server):
     response = get(server.url + "/")
     assert response.status == 200
     assert b"/dm" in response.body
+
+
+def test_download_conditional_headers_and_huge_range(server):
+    provision(server, job=True)
+    descriptor_url = run_delivery_session(server)
+    from dmserver.fota.descriptor import parse_descriptor
+
+    dd = parse_descriptor(get(descriptor_url).body)
+    etag = get(dd.object_uri).getheader("ETag")
+    assert get(dd.object_uri, {"If-None-Match": etag}).status == 304
+    assert get(dd.object_uri, {"If-Match": '"other"'}).status == 412
+    assert get(dd.object_uri, {"If-Match": etag}).status == 200
+    huge = get(dd.object_uri, {"Range": "bytes=" + "1" * 5000 + "-"})
+    assert huge.status == 416
+    assert "Traceback" not in server.log()
+
+
+def test_head_of_descriptor_records_nothing(server):
+    provision(server, job=True)
+    descriptor_url = run_delivery_session(server)
+    parts = urlsplit(descriptor_url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    connection.request("HEAD", parts.path)
+    assert connection.getresponse().status == 200
+    connection.close()
+    assert jobs_table(server)[0][1] == "delivered"
+
+
+def test_late_install_notify_keeps_closed_job(server):
+    provision(server, job=True)
+    descriptor_url = run_delivery_session(server)
+    notify_url = descriptor_url.replace("/dl/dd/", "/dl/notify/")
+    server.cli("job", "cancel", "1")
+    response = post(notify_url, b"952 Device Aborted", "text/plain")
+    assert response.status == 409
+    assert server.sql("SELECT state, result_code, install_status FROM jobs") == [("cancelled", None, None)]
+
+
+def generic_alert_session(server, correlator, source, code, session_id="30"):
+    from dmserver.syncml.model import Meta as M
+
+    message = Message(
+        header=SyncHdr(
+            session_id=session_id,
+            msg_id="1",
+            target=server.dm_url,
+            source=DEVICE,
+            cred=None,
+        ),
+        commands=[
+            Command("Alert", "1", data="1201"),
+            Command(
+                "Alert",
+                "2",
+                data="1226",
+                correlator=correlator,
+                items=[Item(source=source, meta=M(type="org.openmobilealliance.dm.firmwareupdate.downloadandupdate", format="int"), data=str(code))],
+            ),
+        ],
+    )
+    nonce = bytes(server.sql("SELECT client_nonce FROM devices")[0][0])
+    message.header.cred = Cred(type="syncml:auth-md5", data=spec_md5(DEVICE, CLIENT_PASSWORD, nonce))
+    reply = decode(post(server.dm_url, encode_message(message, Encoding.XML)))
+    assert reply.commands[0].data == "212"
+
+
+def test_generic_alert_with_unknown_correlator_leaves_job_open(server):
+    provision(server, job=True)
+    run_delivery_session(server)
+    generic_alert_session(server, "no-such-job", "./FUMO/fw/DownloadAndUpdate", 402)
+    assert jobs_table(server)[0][1] == "delivered"
+
+
+def test_generic_alert_without_correlator_matched_by_fumo_node(server):
+    provision(server, job=True)
+    run_delivery_session(server)
+    generic_alert_session(server, None, "./FUMO/other/DownloadAndUpdate", 402)
+    assert jobs_table(server)[0][1] == "delivered"
+    generic_alert_session(server, None, "./FUMO/fw/DownloadAndUpdate", 402, session_id="31")
+    assert server.sql("SELECT state, result_code FROM jobs") == [("failed", 402)]

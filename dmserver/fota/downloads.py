@@ -38,6 +38,10 @@ class DownloadNotFound(LookupError):
     pass
 
 
+class InstallNotifyConflict(ValueError):
+    """An install notify for a job that is already closed (HTTP 409)."""
+
+
 @dataclass
 class PackageFile:
     path: Path
@@ -53,7 +57,7 @@ def _job_by_token(db: Session, token: str) -> Job:
     return job
 
 
-def descriptor_for(db: Session, token: str, base_url: str, now: datetime) -> bytes:
+def descriptor_for(db: Session, token: str, base_url: str, now: datetime, record: bool = True) -> bytes:
     job = _job_by_token(db, token)
     if job.state not in DOWNLOADABLE_STATES:
         raise DownloadNotFound(f"job {job.id} is {job.state}; its download is closed")
@@ -70,7 +74,8 @@ def descriptor_for(db: Session, token: str, base_url: str, now: datetime) -> byt
             f"{package.source_version or 'any'} -> {package.target_version}"
         ),
     )
-    jobs.advance(db, job, "downloading", now, fetched="descriptor")
+    if record:
+        jobs.advance(db, job, "downloading", now, fetched="descriptor")
     return build_descriptor(descriptor)
 
 
@@ -106,6 +111,15 @@ def install_notify(db: Session, token: str, body: bytes, now: datetime) -> tuple
     if job is None:
         raise DownloadNotFound(f"no job for install notify token {token[:16]!r}")
     code, text = parse_install_notify(body)
+    if job.state in jobs.FINAL_STATES:
+        # A closed job keeps its result: a late or forged notify changes nothing.
+        log.warn(
+            "install notify {code} for job {job_id}, which is already {state}; ignored",
+            code=code,
+            job_id=job.id,
+            state=job.state,
+        )
+        raise InstallNotifyConflict(f"job {job.id} is already {job.state}")
     job.install_status = code
     if code == 900:
         jobs.advance(db, job, "installed", now, install_status=code)

@@ -159,19 +159,25 @@ def delivered_sessionless(session: Session, job: Job) -> bool:
 def find_job_for_alert(
     session: Session, device: Device, correlator: str | None, source: str | None
 ) -> Job | None:
-    """Find the job a Generic Alert reports on: by Correlator, else by FUMO node."""
+    """Find the job a Generic Alert reports on.
+
+    A Correlator must name one of the device's jobs. Without one (devices
+    lose it across the reboot of an update), the alert's Source must lie
+    below the FUMO node the job was delivered to; with no Source either, only
+    a device with exactly one job awaiting a result can be matched.
+    """
     if correlator:
-        job = session.scalars(
+        return session.scalars(
             select(Job).where(Job.device_pk == device.id, Job.token == correlator)
         ).first()
-        if job is not None:
-            return job
     candidates = session.scalars(
         select(Job)
         .where(Job.device_pk == device.id, Job.state.in_(AWAITING_RESULT))
         .order_by(Job.id.desc())
     ).all()
-    for job in candidates:
-        if source and job.fumo_node and source.startswith(job.fumo_node):
-            return job
-    return candidates[0] if candidates else None
+    if source:
+        for job in candidates:
+            if job.fumo_node and (source == job.fumo_node or source.startswith(job.fumo_node + "/")):
+                return job
+        return None
+    return candidates[0] if len(candidates) == 1 else None

@@ -25,6 +25,8 @@ from .dm import utcnow
 log = Logger(namespace="dmserver.web.dl")
 
 MAX_NOTIFY_BODY = 4096
+# 19 digits hold any 64-bit file offset.
+MAX_RANGE_DIGITS = 19
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 
@@ -45,6 +47,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     first, last = match.groups()
     if first == "" and last == "":
         return None
+    if len(first) > MAX_RANGE_DIGITS or len(last) > MAX_RANGE_DIGITS:
+        # Beyond any file size; also keeps int() away from huge inputs.
+        if first == "":
+            return (0, size - 1) if size else None
+        raise RangeNotSatisfiable("range start beyond any file size")
     if first == "":
         length = int(last)
         if length == 0:
@@ -55,6 +62,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if start >= size or end < start:
         raise RangeNotSatisfiable(f"range {start}-{last} outside 0-{size - 1}")
     return start, min(end, size - 1)
+
+
+def _etag_listed(header: str, etag: str) -> bool:
+    """True when an If-Match/If-None-Match value is "*" or lists ``etag``
+    (weak comparison, RFC 9110 section 8.8.3.2)."""
+    values = [value.strip() for value in header.split(",")]
+    return "*" in values or any(value.removeprefix("W/") == etag for value in values)
 
 
 def _plain(request, code: int, text: str) -> bytes:
@@ -86,7 +100,10 @@ class DownloadResource(resource.Resource):
             return _plain(request, 404, "no such download")
         kind, token = route
         if kind == "dd":
-            d = self.db.run(lambda s: downloads.descriptor_for(s, token, self.settings.base_url, utcnow()))
+            record = request.method != b"HEAD"
+            d = self.db.run(
+                lambda s: downloads.descriptor_for(s, token, self.settings.base_url, utcnow(), record=record)
+            )
             d.addCallback(self._send_descriptor, request)
         else:
             d = self.db.run(lambda s: downloads.package_for(s, token, self.data_dir))
@@ -124,6 +141,15 @@ class DownloadResource(resource.Resource):
         request.setHeader(b"Accept-Ranges", b"bytes")
         request.setHeader(b"ETag", package.etag.encode())
         request.setHeader(b"Content-Type", downloads.PACKAGE_MEDIA_TYPE.encode())
+        if_none_match = (request.getHeader(b"if-none-match") or b"").decode("latin-1")
+        if_match = (request.getHeader(b"if-match") or b"").decode("latin-1")
+        if if_match and not _etag_listed(if_match, package.etag):
+            _finish(request, _plain(request, 412, "If-Match does not name the current package"))
+            return
+        if if_none_match and _etag_listed(if_none_match, package.etag):
+            request.setResponseCode(304)
+            request.finish()
+            return
         range_header = (request.getHeader(b"range") or b"").decode("latin-1")
         if_range = (request.getHeader(b"if-range") or b"").decode("latin-1").strip()
         if if_range and if_range != package.etag:
@@ -171,6 +197,9 @@ class DownloadResource(resource.Resource):
     def _failed(self, failure, request) -> None:
         if failure.check(downloads.DownloadNotFound):
             _finish(request, _plain(request, 404, str(failure.value)))
+            return
+        if failure.check(downloads.InstallNotifyConflict):
+            _finish(request, _plain(request, 409, str(failure.value)))
             return
         if failure.check(InstallNotifyError):
             log.warn("rejected install notify: {error}", error=str(failure.value))
