@@ -142,9 +142,9 @@ POSTGRES_URL_ENV = "DMSERVER_TEST_POSTGRES"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # Set to 1 (as CI does) to fail instead of skipping when PostgreSQL is down.
 REQUIRE_POSTGRES_ENV = "DMSERVER_REQUIRE_POSTGRES"
-# NOTE: these modules read the server's SQLite file directly, so their
-# server tests run on SQLite only until they query through RunningServer.sql.
-SQLITE_FILE_MODULES = frozenset({"test_server_http"})
+# Modules whose server tests read the server's SQLite file directly and so
+# run on SQLite only; tests query through RunningServer.sql instead.
+SQLITE_FILE_MODULES: frozenset[str] = frozenset()
 
 
 def pytest_addoption(parser):
