@@ -385,3 +385,53 @@ def test_generic_alert_without_correlator_matched_by_fumo_node(server):
     assert jobs_table(server)[0][1] == "delivered"
     generic_alert_session(server, None, "./FUMO/fw/DownloadAndUpdate", 402, session_id="31")
     assert server.sql("SELECT state, result_code FROM jobs") == [("failed", 402)]
+
+
+def second_message(server, resp_uri: str, source: str, msg_id: str, model: str = "EVIL"):
+    message = Message(
+        header=SyncHdr(session_id="1F", msg_id=msg_id, target=server.dm_url, source=source),
+        commands=[Command("Replace", "1", items=[Item(source="./DevInfo/Mod", data=model)])],
+        final=False,  # keeps the session open
+    )
+    return post(resp_uri, encode_message(message, Encoding.XML))
+
+
+def test_session_token_of_another_device_gets_no_stored_reply(server):
+    provision(server, job=True)
+    first = post(server.dm_url, package1(server))
+    resp_uri = decode(first).header.resp_uri
+    stolen = post(resp_uri, package1(server).replace(DEVICE.encode(), b"IMEI:999999999999999"))
+    assert stolen.body != first.body
+    assert header_status(stolen) == "401"
+
+
+def test_msgid_going_backwards_not_executed(server):
+    provision(server, job=True)
+    resp_uri = decode(post(server.dm_url, package1(server))).header.resp_uri
+    assert header_status(second_message(server, resp_uri, DEVICE, "3", "MODEL-3")) == "200"
+    backwards = second_message(server, resp_uri, DEVICE, "2", "MODEL-2")
+    assert header_status(backwards) == "400"
+    assert header_status(second_message(server, resp_uri, DEVICE, "abc", "MODEL-X")) == "400"
+    assert server.sql("SELECT model FROM devices") == [("MODEL-3",)]
+
+
+def test_unsupported_protocol_version_is_505(server):
+    provision(server)
+    body = package1(server).replace(b"<VerDTD>1.2</VerDTD>", b"<VerDTD>9.9</VerDTD>")
+    assert header_status(post(server.dm_url, body)) == "505"
+    body = package1(server).replace(b"<VerProto>DM/1.2</VerProto>", b"<VerProto>DM/9</VerProto>")
+    assert header_status(post(server.dm_url, body)) == "513"
+
+
+def test_unknown_devices_leave_no_sessions(server):
+    for number in range(5):
+        body = package1(server).replace(DEVICE.encode(), f"IMEI:00000000000000{number}".encode())
+        assert header_status(post(server.dm_url, body)) == "401"
+    assert server.sql("SELECT count(*) FROM dm_sessions") == [(0,)]
+
+
+def test_utf16_xml_body_decoded(server):
+    provision(server)
+    text = package1(server).decode("utf-8")
+    body = ('<?xml version="1.0" encoding="UTF-16"?>' + text).encode("utf-16")
+    assert header_status(post(server.dm_url, body)) == "212"

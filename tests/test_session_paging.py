@@ -233,3 +233,49 @@ def test_base64_text_nonce_form_detected():
     outcome = engine.handle(message, None, ctx)
     assert outcome.reply.commands[0].data == "212"
     assert engine.NonceFormDetected("base64-text") in outcome.effects
+
+
+def test_hmac_required_on_every_message():
+    from dmserver.syncml import auth as syncml_auth
+
+    ctx = make_context(Encoding.XML, delivery="download")
+    ctx.device.auth_scheme = "syncml:auth-MAC"
+    ctx.job = None
+    body = b"<first/>"
+    ctx.body = body
+    ctx.hmac = syncml_auth.HmacHeader(DEVICE, syncml_auth.hmac_mac(DEVICE, "pw", b"null", body))
+    first = engine.handle(Message(header=header(1, 3500), commands=[Command("Alert", "1", data="1201")], final=False), None, ctx)
+    assert first.reply.commands[0].data == "212"
+    ctx.hmac = None
+    second = engine.handle(
+        Message(header=header(2, 3500), commands=[Command("Replace", "1", items=[Item(source="./DevInfo/Mod", data="EVIL")])]),
+        first.state,
+        ctx,
+    )
+    assert second.reply.commands[0].data == "407"
+    assert not any(isinstance(e, engine.DeviceInfoReceived) for e in second.effects)
+
+
+def test_large_object_beyond_declared_size_is_424_at_once():
+    ctx = make_context(Encoding.XML)
+    state = authenticated_state(ctx)
+    messages = large_results([b"a" * 100, b"b" * 100, b"c"], 150)
+    codes = []
+    for message in messages[:2]:
+        outcome = engine.handle(message, state, ctx)
+        state = outcome.state
+        codes += [c.data for c in outcome.reply.commands if c.name == "Status" and c.cmd_ref == "1"]
+    assert codes == ["213", "424"]
+    assert state.large_in is None
+
+
+def test_command_that_never_fits_is_dropped_not_stalled():
+    ctx = make_context(Encoding.XML)
+    ctx.job = None
+    huge = Command("Get", "", items=[Item(target="./Vendor/" + "A" * 1600)])
+    ctx.management = [engine.ManagementRequest(3, [huge])]
+    message = Message(header=header(1, 1500, Cred("syncml:auth-md5", spec_md5(DEVICE, "pw", b"null"))), commands=[Command("Alert", "1", data="1201")])
+    outcome = engine.handle(message, None, ctx)
+    not_sent = [e for e in outcome.effects if isinstance(e, engine.ManagementResult)]
+    assert [(e.kind, e.code) for e in not_sent] == [("NotSent", 413)]
+    assert outcome.state.outbox == []

@@ -291,8 +291,10 @@ class _Reply:
             cmd_ref=command.cmd_id,
             cmd=command.name,
             data=str(int(code)),
-            target_refs=[item.target for item in command.items if item.target][:1],
-            source_refs=[item.source for item in command.items if item.source][:1],
+            # One Status for several Items carries no TargetRef or SourceRef
+            # (SyncML Representation Protocol, Status element).
+            target_refs=[item.target for item in command.items if item.target][:1] if len(command.items) == 1 else [],
+            source_refs=[item.source for item in command.items if item.source][:1] if len(command.items) == 1 else [],
             **extra,
         )
         return self.add(status)
@@ -454,6 +456,18 @@ def _finish(
 
 def _command_not_sent(planned: Planned, reason: str, state: SessionState, effects: list) -> None:
     logger.warning("server command %s not sent: %s", planned.command.name, reason)
+    if planned.purpose and planned.purpose.startswith("mgmt:"):
+        items = planned.command.items
+        effects.append(
+            ManagementResult(
+                request_id=int(planned.purpose.split(":", 1)[1]),
+                kind="NotSent",
+                cmd=planned.command.name,
+                code=StatusCode.REQUEST_ENTITY_TOO_LARGE,
+                target=items[0].target if items else None,
+                items=[{"reason": reason}],
+            )
+        )
     if planned.purpose in JOB_PURPOSES and state.job_id is not None:
         effects.append(JobFailed(state.job_id, reason))
         state.outbox = []
@@ -472,8 +486,9 @@ def _authenticate(message: Message, state: SessionState, ctx: Context, effects) 
         return StatusCode.INVALID_CREDENTIALS, None
 
     cred = message.header.cred
-    if state.authenticated and cred is None and ctx.hmac is None:
+    if state.authenticated and cred is None and device.auth_scheme != AUTH_MAC:
         return StatusCode.OK, None
+    # auth-MAC protects every message: each one carries and must verify a MAC.
 
     verdict = _check_credentials(message, state, ctx, effects)
     if verdict is True and state.authenticated:
@@ -667,6 +682,13 @@ def _reassemble(command: Command, state: SessionState, ctx: Context, reply: _Rep
             "meta": asdict(item.meta) if item.meta else None,
         }
     collected = base64.b64decode(pending["data"]) + chunk
+    if len(collected) > pending["size"] or len(collected) > ctx.server_max_obj_size:
+        state.large_in = None
+        code = StatusCode.SIZE_MISMATCH if len(collected) > pending["size"] else StatusCode.REQUEST_ENTITY_TOO_LARGE
+        logger.info("large object %s: %d bytes so far, Meta Size %d; answered %d", key, len(collected), pending["size"], code)
+        if answers:
+            reply.status(msg_id, command, code)
+        return None
     if item.more_data:
         pending["data"] = base64.b64encode(collected).decode("ascii")
         if answers:

@@ -223,11 +223,12 @@ class Fitter:
                     result.outbox = pending
                     return result
                 continue
-            if not result.placed and not fixed:
-                # Nothing else in the message and it still does not fit:
-                # send it anyway rather than stall the session.
-                current.append(planned.command)
-                result.placed.append((planned.command, planned.purpose))
+            if fixed and not self._fits([fixed[0], planned.command]):
+                # Not even a message holding only the SyncHdr Status has room:
+                # waiting would stall the session, so the command is dropped.
+                result.dropped.append(
+                    (planned, f"{planned.command.name} does not fit the client's MaxMsgSize {self.limit}")
+                )
                 continue
             result.outbox = [planned] + pending
             return result

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from twisted.logger import Logger
 
@@ -95,8 +95,27 @@ def process_request(
     header = message.header
     body_sha = hashlib.sha256(body).hexdigest()
 
-    # Step 2: find the stored session, or answer a retransmission.
+    # Step 2: reject protocol versions this server does not speak.
+    version_status = _unsupported_version(header)
+    if version_status is not None:
+        log.warn(
+            "rejected message from {device}: VerDTD {dtd!r}, VerProto {proto!r}",
+            device=header.source,
+            dtd=header.ver_dtd,
+            proto=header.ver_proto,
+        )
+        return _header_only_reply(decoded, version_status, settings)
+
+    # Step 3: find the stored session, or answer a retransmission. A stored
+    # reply only ever goes back to the device the session belongs to.
     stored = _find_session(db, token, header, body_sha, now)
+    if stored is not None and stored.device_id != header.source:
+        log.warn(
+            "session token of {owner} used by {device}; starting a new session",
+            owner=stored.device_id,
+            device=header.source,
+        )
+        stored = None
     if stored is not None and stored.last_msg_id == header.msg_id and stored.last_reply:
         if stored.last_request_sha256 != body_sha:
             log.info(
@@ -116,8 +135,23 @@ def process_request(
             content_type=stored.last_reply_type,
             headers=dict((stored.state or {}).get("reply_headers", {})),
         )
-    if stored is not None and (stored.ended or stored.device_id != header.source):
+    if stored is not None and stored.ended:
         stored = None
+    if stored is not None and not _msg_id_advances(stored.last_msg_id, header.msg_id):
+        log.warn(
+            "session {sid} of {device}: MsgID {msg_id} does not follow {last}; not executed",
+            sid=header.session_id,
+            device=header.source,
+            msg_id=header.msg_id,
+            last=stored.last_msg_id,
+        )
+        return _header_only_reply(decoded, StatusCode.BAD_REQUEST, settings)
+
+    # Step 4: load the device. Messages from unknown devices are answered
+    # without storing anything, so they cannot fill the session table.
+    device = db.scalars(select(Device).where(Device.device_id == header.source)).first()
+    if device is None:
+        log.warn("rejected session {sid}: unknown device {device}", sid=header.session_id, device=header.source)
     if stored is None:
         stored = DmSession(
             token=secrets.token_urlsafe(SESSION_TOKEN_BYTES),
@@ -127,21 +161,12 @@ def process_request(
             created_at=now,
             updated_at=now,
         )
-        db.add(stored)
-        log.info(
-            "session {sid} started by {device}",
-            sid=header.session_id,
-            device=header.source,
-        )
-
-    # Step 3: load the device and its job.
-    device = db.scalars(select(Device).where(Device.device_id == header.source)).first()
+        if device is not None:
+            _prune_sessions(db, header.source, now)
+            db.add(stored)
+            log.info("session {sid} started by {device}", sid=header.session_id, device=header.source)
     saved = {k: v for k, v in (stored.state or {}).items() if k != "reply_headers"}
     state = engine.SessionState.from_json(saved) if saved else None
-    if device is None:
-        log.warn("rejected session {sid}: unknown device {device}", sid=header.session_id, device=header.source)
-    else:
-        device.last_seen_at = now
     job_model = _job_for_session(db, device, state)
     ctx = engine.Context(
         device=_account(device),
@@ -158,7 +183,7 @@ def process_request(
         management=_management_requests(db, device, state),
     )
 
-    # Step 4: run the engine and store what it decided.
+    # Step 5: run the engine and store what it decided.
     was_authenticated = state is not None and state.authenticated
     outcome = engine.handle(message, state, ctx)
     if device is not None and outcome.state.authenticated and not was_authenticated:
@@ -202,6 +227,65 @@ def _on_authenticated(
             sid=message.header.session_id,
             device=device.device_id,
         )
+
+
+SUPPORTED_VERSIONS = {("1.2", "DM/1.2"), ("1.1", "DM/1.1")}
+# Sessions idle this long are deleted when their device starts a new one.
+SESSION_RETENTION = timedelta(days=1)
+
+
+def _unsupported_version(header: SyncHdr) -> int | None:
+    dtd, proto = header.ver_dtd.strip(), header.ver_proto.strip()
+    if dtd not in ("1.1", "1.2"):
+        return StatusCode.DTD_VERSION_NOT_SUPPORTED
+    if (dtd, proto) not in SUPPORTED_VERSIONS:
+        return StatusCode.PROTOCOL_VERSION_NOT_SUPPORTED
+    return None
+
+
+def _msg_id_advances(last: str | None, current: str) -> bool:
+    """MsgIDs are positive integers that grow within a session."""
+    if not current.isdigit() or int(current) == 0:
+        return False
+    if last is None or not last.isdigit():
+        return True
+    return int(current) > int(last)
+
+
+def _prune_sessions(db: Session, device_id: str, now: datetime) -> None:
+    db.execute(
+        delete(DmSession).where(
+            DmSession.device_id == device_id,
+            DmSession.updated_at < now - SESSION_RETENTION,
+        )
+    )
+
+
+def _header_only_reply(decoded: DecodedMessage, status: int, settings: ServerSettings) -> HttpReply:
+    """Answer with only a SyncHdr Status, executing nothing and storing nothing."""
+    header = decoded.message.header
+    reply = Message(
+        header=SyncHdr(
+            ver_dtd=header.ver_dtd if header.ver_dtd in ("1.1", "1.2") else "1.2",
+            ver_proto=header.ver_proto if header.ver_proto in ("DM/1.1", "DM/1.2") else "DM/1.2",
+            session_id=header.session_id,
+            msg_id="1",
+            target=header.source,
+            source=header.target or settings.base_url + "/dm",
+        ),
+        commands=[
+            Command(
+                name="Status",
+                cmd_id="1",
+                msg_ref=header.msg_id,
+                cmd_ref="0",
+                cmd="SyncHdr",
+                data=str(int(status)),
+            )
+        ],
+        final=True,
+    )
+    return HttpReply(body=encode_message(reply, decoded.encoding), content_type=decoded.media_type)
 
 
 def _find_session(db: Session, token, header: SyncHdr, body_sha: str, now: datetime) -> DmSession | None:

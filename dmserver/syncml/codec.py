@@ -67,7 +67,8 @@ def encoding_for_media_type(content_type: str | None) -> Encoding | None:
 
 def sniff_encoding(body: bytes) -> Encoding:
     stripped = body.lstrip(b" \t\r\n")
-    if stripped.startswith(b"<") or body.startswith(b"\xef\xbb\xbf"):
+    if stripped.startswith(b"<") or body.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        # UTF-8 and UTF-16 byte order marks start XML too.
         return Encoding.XML
     return Encoding.WBXML
 
