@@ -335,3 +335,51 @@ def test_duplicate_cmd_ids_answered_one_by_one():
     outcome = engine.handle(message, None, context(account()))
     refs = [(s.cmd_ref, s.cmd, s.source_refs) for s in statuses(outcome.reply)][1:]
     assert refs == [("1", "Alert", []), ("2", "Replace", []), ("2", "Replace", ["./DevInfo/Lang"])]
+
+
+def discovery_answers(first, values: dict[str, str | None]) -> Message:
+    """Answer every Get of ``first``: a value, or 404 for None."""
+    commands = []
+    for get in (c for c in first.reply.commands if c.name == "Get"):
+        target = get.items[0].target
+        value = values.get(target)
+        number = str(len(commands) + 1)
+        if value is None:
+            commands.append(Command("Status", number, msg_ref="1", cmd_ref=get.cmd_id, cmd="Get", data="404"))
+        else:
+            commands.append(Command("Status", number, msg_ref="1", cmd_ref=get.cmd_id, cmd="Get", data="200"))
+            commands.append(Command("Results", number + "r", msg_ref="1", cmd_ref=get.cmd_id, items=[Item(source=target, data=value)]))
+    return Message(header=SyncHdr(session_id="4D2", msg_id="2", target=SERVER_URL, source=DEVICE), commands=commands)
+
+
+@pytest.mark.parametrize(
+    "battery, free, expect_deferred",
+    [("15", "100000", "battery"), ("80", "150", "storage"), ("80", "100000", None), (None, None, None)],
+)
+def test_campaign_policy_checked_before_exec(battery, free, expect_deferred):
+    from dmserver.campaign.spec import Policy
+
+    policy = Policy(min_battery=30, storage_factor=2.0, severity=2)
+    ctx = context(account(), job=job_offer())
+    ctx.policy = policy
+    first = engine.handle(package1(md5_cred(b"null")), None, ctx)
+    targets = [c.items[0].target for c in first.reply.commands if c.name == "Get"]
+    assert "./DevDetail/Ext/Battery" in targets
+    assert "./DevDetail/Ext/FreeMem" in targets
+    values = {
+        "./DevDetail/FwV": "1.0",
+        "./FUMO": "x",
+        "./DevDetail/Ext/Battery": battery,
+        "./DevDetail/Ext/FreeMem": free,
+    }
+    ctx = context(account(), job=job_offer())
+    ctx.policy = policy
+    second = engine.handle(discovery_answers(first, values), first.state, ctx)
+    deferred = [e for e in second.effects if isinstance(e, engine.JobDeferred)]
+    execs = [c for c in second.reply.commands if c.name == "Exec"]
+    if expect_deferred:
+        assert [d.reason for d in deferred] == [expect_deferred]
+        assert execs == []
+    else:
+        assert deferred == []
+        assert len(execs) == 1

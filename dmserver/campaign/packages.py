@@ -221,8 +221,6 @@ def packages_for_job(session: Session, job: Job) -> list[Package] | None:
     """Return the packages a campaign job may be offered: the planned delta of
     each source version and the full package. None for a job outside any
     campaign (offer every package of the target version)."""
-    # NOTE: the session service still offers every package of the target
-    # version; the plan applies once it calls this function.
     if job.campaign_id is None:
         return None
     campaign = session.get(Campaign, job.campaign_id)

@@ -20,9 +20,6 @@ a value that is not a number) does not block the update, and the verdict's
 Carrier extension nodes are written only when the model's entry names them
 and the device answered the Get of that node with 200, so a device without
 them is not sent a Replace that it would reject.
-
-NOTE: ``dmserver.session.engine`` does not call this module yet, so the
-checks are not applied in DM sessions until it does.
 """
 
 from __future__ import annotations

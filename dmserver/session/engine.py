@@ -32,6 +32,7 @@ from typing import Any, Callable
 from ..syncml import auth
 from ..syncml.codes import AUTH_BASIC, AUTH_MAC, AUTH_MD5, AlertCode, StatusCode
 from ..syncml.model import Chal, Command, Cred, Item, Message, Meta, SyncHdr
+from ..campaign import policy as policy_rules
 from .paging import Fitter, LargeObject, Planned
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class Context:
     server_max_obj_size: int = 4_194_304
     # Operator management requests to send in this session.
     management: list[ManagementRequest] = field(default_factory=list)
+    # Campaign device policy (battery, storage, bearer) checked before Exec.
+    policy: Any = None
 
 
 @dataclass
@@ -144,6 +147,8 @@ class SessionState:
     large_in: dict | None = None
     client_auth_scheme: str | None = None
     mgmt_ids: list[int] = field(default_factory=list)
+    # Policy node path -> [status, value] read before the Exec.
+    policy_values: dict[str, list] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,6 +214,15 @@ class JobStatusReceived:
 class JobFailed:
     job_id: int
     reason: str
+
+
+@dataclass
+class JobDeferred:
+    """A device policy check failed: try the job again later, do not fail it."""
+
+    job_id: int
+    reason: str
+    detail: str
 
 
 @dataclass
@@ -785,6 +799,10 @@ def _on_status(command: Command, state: SessionState, ctx: Context, effects, sen
         if code not in (StatusCode.OK, StatusCode.ACCEPTED_FOR_PROCESSING):
             state.phase = "failed"
             state.outbox = []
+    elif purpose.startswith("get-policy:"):
+        path = purpose.split(":", 1)[1]
+        if code != StatusCode.OK:
+            state.policy_values[path] = [code, None]
     elif purpose.startswith(("get:", "get-fumo:")) and code != StatusCode.OK:
         path = purpose.split(":", 1)[1]
         effects.append(TreeValuesReceived({path: (code, None)}))
@@ -845,6 +863,8 @@ def _on_results(command: Command, state: SessionState, effects, sent_pending) ->
             continue
         value = item.data.decode("utf-8", "replace") if isinstance(item.data, bytes) else item.data
         values[path] = (200, value)
+        if sent_pending and f"get-policy:{path}" in sent_pending.values():
+            state.policy_values[path] = [200, value]
         if path == FWV_PATH:
             state.fw_version = (value or "").strip()
         elif state.fumo_children is None and ctx_path_is_fumo_root(path, sent_pending):
@@ -893,10 +913,16 @@ def _plan_server_commands(state: SessionState, ctx: Context, effects) -> list[Pl
         state.job_id = job.job_id
         fumo_root = ctx.device.fumo_root
         state.phase = "discover"
-        return [
+        planned = [
             Planned(Command(name="Get", cmd_id="", items=[Item(target=FWV_PATH)]), f"get:{FWV_PATH}"),
             Planned(Command(name="Get", cmd_id="", items=[Item(target=fumo_root)]), f"get-fumo:{fumo_root}"),
         ]
+        if ctx.policy is not None:
+            model = state.model or ctx.device.model
+            for path in policy_rules.nodes_to_read(ctx.policy, model):
+                get = Command(name="Get", cmd_id="", items=[Item(target=path)])
+                planned.append(Planned(get, f"get-policy:{path}"))
+        return planned
 
     if state.phase == "discover" and job is not None and job.job_id == state.job_id:
         return _deliver_job(state, ctx, effects)
@@ -927,6 +953,20 @@ def _deliver_job(state: SessionState, ctx: Context, effects) -> list[Planned]:
             JobFailed(job.job_id, f"no package for model {model!r} to version {job.target_version!r}")
         )
         return []
+    writes: list[Planned] = []
+    if ctx.policy is not None:
+        values = {path: (entry[0], entry[1]) for path, entry in state.policy_values.items()}
+        verdict = policy_rules.evaluate(ctx.policy, model, values, package.size)
+        if not verdict.allowed:
+            effects.append(JobDeferred(job.job_id, verdict.reason, verdict.detail))
+            return []
+        for write in verdict.writes:
+            replace = Command(
+                name="Replace",
+                cmd_id="",
+                items=[Item(target=write.path, meta=Meta(format=write.format), data=write.value)],
+            )
+            writes.append(Planned(replace, "policy-write"))
     node = f"{ctx.device.fumo_root.rstrip('/')}/{state.fumo_children[0]}"
     state.fumo_node = node
     if ctx.device.delivery == "inband":
@@ -942,6 +982,7 @@ def _deliver_job(state: SessionState, ctx: Context, effects) -> list[Planned]:
             return []
     else:
         planned = _download_commands(node, job, ctx)
+    planned = writes + planned
     state.phase = "delivered"
     effects.append(
         JobDelivered(

@@ -21,6 +21,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from twisted.logger import Logger
 
+from ..campaign.lifecycle import defer_job
+from ..campaign.packages import packages_for_job
+from ..campaign.policy import policy_for_job
 from ..fota import jobs
 from ..store.management import MgmtRequest
 from ..store.models import Device, DmSession, Job, Package, TreeValue
@@ -181,6 +184,7 @@ def process_request(
         read_object=lambda source, offset, length: _read_object(db, settings, source, offset, length),
         server_max_msg_size=settings.max_body,
         management=_management_requests(db, device, state),
+        policy=policy_for_job(db, job_model) if job_model is not None else None,
     )
 
     # Step 5: run the engine and store what it decided.
@@ -370,7 +374,11 @@ def _job_for_session(db: Session, device: Device | None, state: engine.SessionSt
 
 
 def _job_offer(db: Session, job: Job) -> engine.JobOffer:
-    packages = db.scalars(select(Package).where(Package.target_version == job.target_version)).all()
+    # A campaign offers its planned packages: the delta of each source
+    # version unless it is too large a share of the full image, and the full one.
+    packages = packages_for_job(db, job)
+    if packages is None:
+        packages = db.scalars(select(Package).where(Package.target_version == job.target_version)).all()
     return engine.JobOffer(
         job_id=job.id,
         token=job.token,
@@ -501,6 +509,16 @@ def _apply_job_effect(db: Session, device: Device, effect, now: datetime) -> Non
     elif isinstance(effect, engine.JobFailed):
         job.result_text = effect.reason
         jobs.set_state(db, job, "failed", now, reason=effect.reason)
+    elif isinstance(effect, engine.JobDeferred):
+        policy = policy_for_job(db, job)
+        log.info(
+            "job {job_id} deferred by device policy ({reason}): {detail}",
+            job_id=job.id,
+            reason=effect.reason,
+            detail=effect.detail,
+        )
+        retry_after = policy.retry_after if policy is not None else 3600
+        defer_job(db, job, effect.reason, retry_after, now)
     elif isinstance(effect, engine.JobAlreadyAtTarget):
         job.result_text = f"device already runs {effect.version}"
         jobs.set_state(db, job, "succeeded", now, reason="already at target version")
