@@ -20,12 +20,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import select
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import app
 from .syncml.codes import AUTH_BASIC, AUTH_MAC, AUTH_MD5
 
 AUTH_SCHEMES = {"md5": AUTH_MD5, "basic": AUTH_BASIC, "hmac": AUTH_MAC}
 DELIVERY_MODES = ("download", "inband")
+CSV_REQUIRED = ("device_id", "client_password", "server_password")
+CSV_OPTIONAL = (
+    "client_username", "auth", "model", "msisdn", "fumo_root", "delivery",
+    "firmware_version", "group", "carrier_tag", "timezone",
+)
 
 
 class CliError(Exception):
@@ -175,6 +181,12 @@ def _add_device(session, row: dict, now: datetime):
     delivery = (row.get("delivery") or "download").strip().lower()
     if delivery not in DELIVERY_MODES:
         raise CliError(f"delivery {delivery!r} for {device_id} is not one of {', '.join(DELIVERY_MODES)}")
+    timezone = (row.get("timezone") or "").strip() or None
+    if timezone is not None:
+        try:
+            ZoneInfo(timezone)
+        except (ValueError, KeyError, ZoneInfoNotFoundError):
+            raise CliError(f"time zone {timezone!r} for {device_id} is not an IANA name such as Europe/Berlin") from None
     if session.scalars(select(Device).where(Device.device_id == device_id)).first():
         raise CliError(f"device {device_id} is already provisioned")
     session.add(
@@ -190,6 +202,9 @@ def _add_device(session, row: dict, now: datetime):
             delivery=delivery,
             firmware_version=row.get("firmware_version") or None,
             profile=row.get("profile") or {},
+            group=row.get("group") or None,
+            carrier_tag=row.get("carrier_tag") or None,
+            timezone=timezone,
             dev_info={},
             created_at=now,
         )
@@ -209,6 +224,9 @@ def cmd_device_add(args) -> int:
         "fumo_root": args.fumo_root,
         "delivery": args.delivery,
         "firmware_version": args.firmware_version,
+        "group": args.group,
+        "carrier_tag": args.carrier_tag,
+        "timezone": args.timezone,
         "profile": _parse_profile(args.profile, args.profile_json),
     }
     db.call(lambda s: _add_device(s, row, _now()))
@@ -220,15 +238,26 @@ def cmd_device_import(args) -> int:
     path = Path(args.csv)
     if not path.is_file():
         raise CliError(f"CSV file {path} not found")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"device_id", "client_password", "server_password"} - set(reader.fieldnames or [])
+    try:
+        # utf-8-sig also reads the byte order mark that spreadsheets write.
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = set(reader.fieldnames or [])
+            rows = list(reader)
+    except UnicodeDecodeError as error:
+        raise CliError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+    missing = set(CSV_REQUIRED) - columns
+    unknown = columns - set(CSV_REQUIRED) - set(CSV_OPTIONAL)
+    if missing or unknown:
+        problems = []
         if missing:
-            raise CliError(
-                f"{path} lacks the column(s) {', '.join(sorted(missing))}; the header row must "
-                "name device_id,client_password,server_password[,client_username,auth,model,msisdn,fumo_root,delivery]"
-            )
-        rows = list(reader)
+            problems.append(f"lacks the column(s) {', '.join(sorted(missing))}")
+        if unknown:
+            problems.append(f"has unknown column(s) {', '.join(sorted(unknown))}")
+        raise CliError(
+            f"{path} {' and '.join(problems)}; the header row must name "
+            f"{','.join(CSV_REQUIRED)} and optionally {','.join(CSV_OPTIONAL)}"
+        )
     db = _db(args)
 
     def import_all(session):
@@ -569,6 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--model", help="device model (also learned from ./DevInfo/Mod)")
     add.add_argument("--msisdn", help="phone number for push notifications")
     add.add_argument("--fumo-root", default="./FUMO", help="interior node holding the FUMO object")
+    add.add_argument("--group", help="operator device group, for campaign targeting")
+    add.add_argument("--carrier-tag", help="carrier tag, for campaign targeting")
+    add.add_argument("--timezone", help="IANA time zone of the device, for delivery windows")
     add.add_argument(
         "--delivery",
         default="download",

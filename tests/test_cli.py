@@ -89,3 +89,30 @@ def test_decode_rejects_non_syncml(tmp_path):
     result = dmserver_cli(tmp_path / "data", "decode", str(junk), check=False)
     assert result.returncode == 2
     assert "junk.bin" in result.stderr
+
+
+def test_device_import_spreadsheet_quirks(tmp_path):
+    data = tmp_path / "data"
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(
+        b"\xef\xbb\xbfdevice_id,client_password,server_password,group,carrier_tag,timezone\r\n"
+        b"IMEI:555555555555555,c,s,pilot,acme,Europe/Berlin\r\n"
+    )
+    dmserver_cli(data, "device", "import", str(bom))
+    assert "IMEI:555555555555555" in dmserver_cli(data, "device", "list").stdout
+
+    typo = tmp_path / "typo.csv"
+    typo.write_text("device_id,client_password,server_password,modle\nIMEI:6,c,s,FP\n")
+    result = dmserver_cli(data, "device", "import", str(typo), check=False)
+    assert result.returncode == 2
+    assert "unknown column(s) modle" in result.stderr
+
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("device_id,client_password,server_password\nIMEI:7,pässword,s\n".encode("latin-1"))
+    result = dmserver_cli(data, "device", "import", str(latin), check=False)
+    assert result.returncode == 2
+    assert "not UTF-8" in result.stderr
+
+    zone = dmserver_cli(data, "device", "add", "IMEI:8", "--client-password", "c", "--server-password", "s", "--timezone", "Mars/Olympus", check=False)
+    assert zone.returncode == 2
+    assert "Mars/Olympus" in zone.stderr

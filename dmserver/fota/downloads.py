@@ -92,9 +92,20 @@ def package_for(db: Session, token: str, data_dir: Path) -> PackageFile:
     )
 
 
+def _locked_job(db: Session, job_id: int) -> Job | None:
+    """Load a job holding its write lock, so that a download record and an
+    install notify arriving together cannot overwrite each other's state."""
+    from ..campaign.lifecycle import write_lock
+
+    write_lock(db, Job, job_id)
+    return db.scalars(
+        select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+    ).first()
+
+
 def package_sent(db: Session, job_id: int, start: int, end: int, size: int, now: datetime) -> None:
     """Record that bytes start..end (inclusive) of the package were delivered."""
-    job = db.get(Job, job_id)
+    job = _locked_job(db, job_id)
     if job is None:
         return
     if end >= size - 1:
@@ -111,6 +122,7 @@ def install_notify(db: Session, token: str, body: bytes, now: datetime) -> tuple
     if job is None:
         raise DownloadNotFound(f"no job for install notify token {token[:16]!r}")
     code, text = parse_install_notify(body)
+    job = _locked_job(db, job.id)
     if job.state in jobs.FINAL_STATES:
         # A closed job keeps its result: a late or forged notify changes nothing.
         log.warn(

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from twisted.logger import Logger
 
+from ..campaign.lifecycle import mark_notified
 from ..fota import jobs
 from ..store.models import Device, Job, JobEvent, Package
 from . import pkg0
@@ -288,6 +289,9 @@ def record_push(db: Session, job_id: int, detail: dict[str, Any], now: datetime)
     job = db.get(Job, job_id)
     if job is not None:
         jobs.record_event(db, job, EVENT_PUSH, now, **detail)
+        if detail.get("outcome") == "sent":
+            # Campaign progress: the member moves from queued to notified.
+            mark_notified(db, job_id, now)
 
 
 def fail_job(db: Session, job_id: int, reason: str, now: datetime) -> None:

@@ -231,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     push_module.add_push_arguments(run)
 
+    commands.add_parser(
+        "fleet",
+        help="run many simulated phones at once (dmsim fleet --help)",
+        add_help=False,
+    )
     show = commands.add_parser(
         "show", help="print the phone's DM tree and pending work"
     )
@@ -387,6 +392,12 @@ def _show(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dmsim`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "fleet":
+        # The fleet mode has its own options; see dmserver.sim.fleet.
+        from .fleet import main as fleet_main
+
+        return fleet_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
