@@ -136,6 +136,22 @@ def build_push_service(
     return PushService(db, settings, config.push, gateway, reactor)
 
 
+class _ListeningService(internet.TCPServer):
+    """TCPServer that learns its real port, so that with port 0 and no
+    --base-url the RespURI and download URLs name the port it listens on."""
+
+    def __init__(self, config: ServerConfig, settings: ServerSettings, site):
+        super().__init__(config.port, site, interface=config.host)
+        self._config = config
+        self._settings = settings
+
+    def startService(self):
+        super().startService()
+        if not self._config.base_url:
+            port = self._port.getHost().port
+            self._settings.base_url = f"http://{self._config.host}:{port}"
+
+
 def make_service(config: ServerConfig, reactor=None) -> service.Service:
     """The TCP service for twistd, with the push service when one is configured."""
     if reactor is None:
@@ -144,7 +160,7 @@ def make_service(config: ServerConfig, reactor=None) -> service.Service:
     db.start_threadpool(reactor)
     settings = config.settings()
     site = build_site(db, config, settings)
-    web = internet.TCPServer(config.port, site, interface=config.host)
+    web = _ListeningService(config, settings, site)
     push = build_push_service(db, config, settings, reactor)
     if push is None:
         return web

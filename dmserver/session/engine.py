@@ -988,7 +988,7 @@ def _deliver_job(state: SessionState, ctx: Context, effects) -> list[Planned]:
         JobDelivered(
             job_id=job.job_id,
             package_id=package.package_id,
-            source_version=package.source_version,
+            source_version=state.fw_version,
             fumo_node=node,
             correlator=job.token,
         )

@@ -487,6 +487,7 @@ def _apply_job_effect(db: Session, device: Device, effect, now: datetime) -> Non
         return
     if isinstance(effect, engine.JobDelivered):
         job.package_id = effect.package_id
+        # The version the device reported, also when the full image is sent.
         job.source_version = effect.source_version
         job.fumo_node = effect.fumo_node
         jobs.set_state(
