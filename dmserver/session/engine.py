@@ -10,7 +10,7 @@ path is testable with plain values.
 Server side of a FOTA session (OMA DM 1.2 with FUMO 1.0):
 
 - Package 1 from the client: Alert 1201 (or 1200), Replace of ./DevInfo,
-  Cred. The server checks the Cred and answers the SyncHdr with 212 and a
+  Cred. The server checks the Cred and responds to the SyncHdr with 212 and a
   Chal carrying the next nonce, or 401/407 with a Chal (one re-challenge).
 - With a queued job, package 2 Gets ./DevDetail/FwV and the FUMO root to
   learn the source version and the FUMO node name.
@@ -346,7 +346,7 @@ def handle(message: Message, state: SessionState | None, ctx: Context) -> Outcom
         # After a re-challenge the client sends its package again.
         return _finish(message, state, ctx, reply, effects, keep_open=not state.ended)
 
-    # Step 2: answer every client command in order.
+    # Step 2: respond to every client command in order.
     abort = False
     for command in message.commands:
         abort = _process_client_command(message, command, state, ctx, reply, effects, sent_pending) or abort
@@ -602,7 +602,7 @@ def _check_credentials(message: Message, state: SessionState, ctx: Context, effe
 
 
 def _process_client_command(message, command, state, ctx, reply, effects, sent_pending) -> bool:
-    """Answer one client command; return True when the client aborts the session."""
+    """Respond to one client command; return True when the client aborts the session."""
     msg_id = message.header.msg_id
     name = command.name
     if name == "Status":
@@ -645,7 +645,7 @@ def _process_client_command(message, command, state, ctx, reply, effects, sent_p
         return False
     if not command.no_resp:
         reply.status(msg_id, command, StatusCode.OPTIONAL_FEATURE_NOT_SUPPORTED)
-    logger.info("client sent %s, which a server does not execute; answered 406", name)
+    logger.info("client sent %s, which a server does not execute; responded 406", name)
     return False
 
 
@@ -699,7 +699,7 @@ def _reassemble(command: Command, state: SessionState, ctx: Context, reply: _Rep
     if len(collected) > pending["size"] or len(collected) > ctx.server_max_obj_size:
         state.large_in = None
         code = StatusCode.SIZE_MISMATCH if len(collected) > pending["size"] else StatusCode.REQUEST_ENTITY_TOO_LARGE
-        logger.info("large object %s: %d bytes so far, Meta Size %d; answered %d", key, len(collected), pending["size"], code)
+        logger.info("large object %s: %d bytes so far, Meta Size %d; responded %d", key, len(collected), pending["size"], code)
         if answers:
             reply.status(msg_id, command, code)
         return None
@@ -820,7 +820,7 @@ def _on_chunk_status(code: int, state: SessionState, effects) -> None:
         state.large_out["awaiting_ack"] = False
         return
     purpose = state.large_out["planned"].get("purpose")
-    logger.info("client answered a chunk with %s; large object abandoned", code)
+    logger.info("client responded to a chunk with %s; large object abandoned", code)
     state.large_out = None
     state.outbox = []
     if purpose in JOB_PURPOSES and state.job_id is not None:

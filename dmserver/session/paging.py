@@ -1,7 +1,7 @@
 """Fit server commands into messages no larger than the client's MaxMsgSize.
 
 OMA DM 1.2 lets a package span several messages: a message without Final
-tells the client more follows, and the client answers it (with its Statuses,
+means more follows, and the client responds to it (with its Statuses,
 or with Alert 1222 when it has nothing else to send). An Item too large for
 the room left, or for MaxObjSize, travels as a large object: chunks in
 successive messages, each a new command with MoreData except the last, Meta
@@ -176,7 +176,7 @@ class Fitter:
         queue: list[Planned],
         large: LargeObject | None = None,
     ) -> FitResult:
-        """Fill a message that already holds ``fixed`` (Statuses and such).
+        """Fill a message that already contains ``fixed`` (Statuses and such).
 
         NOTE: ``fixed`` is always sent whole. With a MaxMsgSize below about
         1,300 bytes in XML, the Statuses and a Chal alone can exceed it;

@@ -82,7 +82,7 @@ def process_request(
     settings: ServerSettings,
     now: datetime,
 ) -> HttpReply:
-    """Answer one POST /dm body; see the module docstring."""
+    """Process one POST /dm body and return the reply; see the module docstring."""
     # Step 1: decode. A body that cannot be read gets a SyncHdr Status.
     try:
         decoded = decode_message(body, content_type)
@@ -559,7 +559,7 @@ def _log_message(header: SyncHdr, outcome: engine.Outcome) -> None:
     sent = [c.name for c in outcome.reply.commands if c.name != "Status"]
     hdr_status = outcome.reply.commands[0].data if outcome.reply.commands else "?"
     log.info(
-        "session {sid} of {device}: MsgID {msg_id} answered with SyncHdr status {status}, "
+        "session {sid} of {device}: reply to MsgID {msg_id} has SyncHdr status {status}, "
         "commands sent {sent}{end}",
         sid=header.session_id,
         device=header.source,

@@ -31,7 +31,7 @@ class LimitedRequest(server.Request):
     def _limit(self) -> int:
         site = getattr(self.channel, "site", None)
         limits = getattr(site, "body_limits", None) or {}
-        # The channel holds the request path before the body arrives.
+        # The channel contains the request path before the body arrives.
         path = getattr(self.channel, "_path", b"") or b""
         for prefix, limit in limits.items():
             if path.startswith(prefix):
