@@ -258,6 +258,12 @@ def test_match_session_id(notified, received, expected):
     assert pkg0.match_session_id(notified, received) == expected
 
 
+def test_match_session_id_long_decimal():
+    # Python rejects int() of more than 4,300 decimal digits by default.
+    assert pkg0.match_session_id(0x1A2B, "9" * 5000) is None
+    assert pkg0.match_session_id(0x1A2B, "0" * 60 + "1A2B") == "hex"
+
+
 @given(
     server_id=st.text(min_size=1, max_size=40).filter(
         lambda text: len(text.encode()) <= 255

@@ -52,6 +52,11 @@ TRIGGER_HEADER_FIXED_LENGTH = 8
 MAX_SERVER_ID_LENGTH = 255
 MAX_SESSION_ID = 0xFFFF
 MAX_VERSION = 0x3FF
+# Longest SessionID text compared with a notified session id. A 16-bit id
+# needs at most 5 decimal digits; the rest allows leading zeros. Longer
+# text cannot match, and parsing it as decimal would exceed Python's
+# 4,300-digit int conversion limit.
+MAX_SESSION_ID_TEXT_LENGTH = 64
 
 # Version 1.2 of the notification format is written as 12 (section 6.2.2.6
 # counts the version as DEC(version) / 10).
@@ -310,11 +315,11 @@ def match_session_id(notified: int, received: str) -> str | None:
         "byte-swapped" when the two octets of the session id arrive swapped,
         in hexadecimal or decimal, because libdmclient applies ntohs to a
         value already in host order. None when nothing
-        matches. Hexadecimal is tried first, so a value that reads the same
+        matches or the text is longer than MAX_SESSION_ID_TEXT_LENGTH. Hexadecimal is tried first, so a value that reads the same
         in both forms reports "hex".
     """
     text = received.strip()
-    if not text:
+    if not text or len(text) > MAX_SESSION_ID_TEXT_LENGTH:
         return None
 
     hex_value = _parse_int(text, 16)
