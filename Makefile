@@ -23,8 +23,10 @@ demo-campaign: $(STAMP)
 # Package 0 over WAP Push through a real Kannel with its fake SMSC, all in a
 # private network namespace; SESSIONLESS=1 pushes Service Loading instead.
 demo-push: $(STAMP)
+	work=$$(mktemp -d); \
 	unshare --net --pid --fork --kill-child $(PY) -m dmserver.push.kannel_lab \
-	    --workdir "$$(mktemp -d)" -- $(PY) tools/demo_push.py $(if $(SESSIONLESS),--sessionless)
+	    --workdir "$$work" -- $(PY) tools/demo_push.py $(if $(SESSIONLESS),--sessionless); \
+	status=$$?; rm -rf "$$work"; exit $$status
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
