@@ -473,3 +473,45 @@ def test_stale_job_change_keeps_final_state(db):
     stored = db.call(lambda s: (s.get(Job, created.job_id).state, s.get(Job, created.job_id).result_code))
     assert stored == ("failed", 402)
     assert db.call(lambda s: counters.read(s, campaign_id))[1] == {"failed:402": 1}
+
+
+def test_resume_acknowledges_failures_for_success(db):
+    add_devices(db, 20)
+    campaign_id = make_campaign(
+        db, waves=["50%", "100%"], success_threshold=0.95, error_threshold=0.2, min_sample=5
+    )
+    created = run_dispatch(db, campaign_id)
+    assert len(created) == 10
+    finish_jobs(db, [d.job_id for d in created[:9]], 200)
+    finish_jobs(db, [d.job_id for d in created[9:]], 402)
+    assert campaign_row(db, campaign_id).state == "halted"
+
+    db.call(lambda s: lifecycle.resume(s, campaign_id, T0))
+    # 9 of the 9 devices that are not acknowledged failures succeeded.
+    assert campaign_row(db, campaign_id).state == "running"
+    assert wave_states(db, campaign_id) == ["passed", "open"]
+    progress = db.call(lambda s: lifecycle.progress(s, campaign_id))
+    assert progress["waves"][0]["buckets"]["failed:402"] == 1
+    events = db.call(
+        lambda s: [
+            (e.kind, e.detail)
+            for e in s.scalars(select(CampaignEvent).order_by(CampaignEvent.id)).all()
+        ]
+    )
+    assert ("failures_acknowledged", {"waves": {"1": 1}}) in events
+
+    # The failing device can still be retried; when it fails again, the
+    # campaign halts and a second resume acknowledges it once more.
+    assert db.call(lambda s: lifecycle.retry_failed(s, campaign_id, T0, wave=1)) == 1
+    again = run_dispatch(db, campaign_id)
+    retried = [d for d in again if d.device_id == created[9].device_id]
+    assert len(retried) == 1
+    finish_jobs(db, [retried[0].job_id], 402)
+    assert campaign_row(db, campaign_id).state == "halted"
+    db.call(lambda s: lifecycle.resume(s, campaign_id, T0))
+    rest = run_dispatch(db, campaign_id)
+    finish_jobs(db, [d.job_id for d in again + rest if d.job_id != retried[0].job_id], 200)
+    progress = db.call(lambda s: lifecycle.progress(s, campaign_id))
+    assert progress["state"] == "completed"
+    assert progress["totals"]["succeeded"] == 19
+    assert progress["totals"]["failed"] == 1

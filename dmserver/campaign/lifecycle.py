@@ -20,9 +20,9 @@ state and on every scheduler tick:
   reaches the minimum sample (or the whole wave when it is smaller), or as
   soon as ``failed`` alone exceeds the threshold share of the wave, since
   the wave can then no longer end below it. The reason is recorded.
-- Success threshold: the running wave passes when ``succeeded / members``
-  reaches the success threshold, and the next wave opens (or waits for
-  approval). A wave whose members all finished below the success threshold
+- Success threshold: the running wave passes when ``succeeded`` divided by
+  the members that are not acknowledged failures reaches the success
+  threshold, and the next wave opens (or waits for approval). A wave whose members all finished below the success threshold
   halts the campaign.
 - The campaign completes when the last wave is open and every member has
   finished.
@@ -427,10 +427,17 @@ def failure_rate(wave: CampaignWave, totals: dict[str, int]) -> float:
     return failed / finished if finished > 0 else 0.0
 
 
-def _success_reached(campaign: Campaign, totals: dict[str, int]) -> bool:
-    if totals["members"] == 0:
+def counted_members(wave: CampaignWave, totals: dict[str, int]) -> int:
+    """Members the success threshold counts: all but the failures that a
+    resume acknowledged (those stay visible in the failed buckets)."""
+    return max(0, totals["members"] - wave.baseline_failed)
+
+
+def _success_reached(campaign: Campaign, wave: CampaignWave, totals: dict[str, int]) -> bool:
+    counted = counted_members(wave, totals)
+    if counted == 0:
         return True
-    return totals["succeeded"] / totals["members"] >= campaign.success_threshold
+    return totals["succeeded"] / counted >= campaign.success_threshold
 
 
 def evaluate(session: Session, campaign: Campaign, now: datetime) -> None:
@@ -465,7 +472,7 @@ def evaluate(session: Session, campaign: Campaign, now: datetime) -> None:
         if current.state != WAVE_OPEN:
             break
         totals = counters.summarize(counts.get(current.number, {}))
-        if _success_reached(campaign, totals):
+        if _success_reached(campaign, current, totals):
             current.state = WAVE_PASSED
             current.completed_at = now
             record(session, campaign, "wave_passed", now, wave=current.number,
@@ -481,12 +488,14 @@ def evaluate(session: Session, campaign: Campaign, now: datetime) -> None:
             continue
         unfinished = totals["members"] - totals["finished"]
         if unfinished == 0:
+            acknowledged = current.baseline_failed
+            note = f" ({acknowledged} acknowledged failures not counted)" if acknowledged else ""
             halt(
                 session,
                 campaign,
                 f"wave {current.number} finished with {totals['succeeded']} of "
-                f"{totals['members']} devices updated, below the success threshold of "
-                f"{campaign.success_threshold:.1%}",
+                f"{counted_members(current, totals)} devices updated{note}, below the "
+                f"success threshold of {campaign.success_threshold:.1%}",
                 now,
                 wave=current.number,
             )
@@ -633,8 +642,10 @@ def resume(session: Session, campaign_id: int, now: datetime) -> Campaign:
     """Resume a paused or halted campaign.
 
     The failures counted so far are acknowledged: each open wave's error
-    threshold applies to outcomes after the resume. Failed devices are
-    not retried unless :func:`retry_failed` is called.
+    threshold applies to outcomes after the resume, and the success
+    threshold leaves the acknowledged failures out of the wave's members.
+    A ``failures_acknowledged`` event records how many per wave. Failed
+    devices are not retried unless :func:`retry_failed` is called.
     """
     campaign = lock(session, campaign_id)
     if campaign.state not in (PAUSED, HALTED):
@@ -642,12 +653,17 @@ def resume(session: Session, campaign_id: int, now: datetime) -> Campaign:
             f"campaign {campaign_id} is {campaign.state}; only a paused or halted campaign can resume"
         )
     counts = counters.read(session, campaign.id)
+    newly_acknowledged: dict[str, int] = {}
     for wave in waves_of(session, campaign.id):
         totals = counters.summarize(counts.get(wave.number, {}))
+        if totals["failed"] > wave.baseline_failed:
+            newly_acknowledged[str(wave.number)] = totals["failed"] - wave.baseline_failed
         wave.baseline_failed = totals["failed"]
         wave.baseline_finished = totals["finished"]
     previous_reason = campaign.halt_reason
     campaign.halt_reason = None
+    if newly_acknowledged:
+        record(session, campaign, "failures_acknowledged", now, waves=newly_acknowledged)
     _set_state(session, campaign, RUNNING, now, acknowledged=previous_reason)
     evaluate(session, campaign, now)
     return campaign
