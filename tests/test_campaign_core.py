@@ -515,3 +515,43 @@ def test_resume_acknowledges_failures_for_success(db):
     assert progress["state"] == "completed"
     assert progress["totals"]["succeeded"] == 19
     assert progress["totals"]["failed"] == 1
+
+
+def test_count_after_percentage_rejected(db):
+    spec = parse_spec({"name": "mixed", "target_version": TARGET,
+                       "selection": {"models": [MODEL]}, "waves": ["50%", "10", "100%"]})
+    with pytest.raises(ValidationError) as raised:
+        db.call(lambda s: lifecycle.create(s, spec, T0))
+    assert raised.value.field == "waves[1]"
+    counts_first = parse_spec({"name": "canary", "target_version": TARGET,
+                               "selection": {"models": [MODEL]}, "waves": ["10", "50%", "100%"]})
+    assert db.call(lambda s: lifecycle.create(s, counts_first, T0).state) == "draft"
+
+
+def test_empty_selection_completes(db):
+    add_devices(db, 3)
+    campaign_id = make_campaign(db, selection={"device_ids": ["IMEI:000000000000000"]})
+    campaign = campaign_row(db, campaign_id)
+    assert campaign.state == "completed"
+    events = db.call(
+        lambda s: [e.detail for e in s.scalars(
+            select(CampaignEvent).where(CampaignEvent.kind == "completed")).all()]
+    )
+    assert events[0]["reason"] == "no device matches the selection"
+
+
+def test_retry_of_missing_wave_rejected(db):
+    add_devices(db, 10)
+    campaign_id = make_campaign(db)
+    with pytest.raises(lifecycle.CampaignError, match="has no wave 9"):
+        db.call(lambda s: lifecycle.retry_failed(s, campaign_id, T0, wave=9))
+
+
+def test_policy_deferral_sets_result_text(db):
+    add_devices(db, 1)
+    campaign_id = make_campaign(db, waves=["100%"])
+    [created] = run_dispatch(db, campaign_id)
+    detail = "battery 30% is below the minimum of 50%"
+    db.call(lambda s: lifecycle.defer_job(
+        s, s.get(Job, created.job_id), "battery", 600, T0, detail=detail))
+    assert db.call(lambda s: s.get(Job, created.job_id).result_text) == detail

@@ -67,12 +67,18 @@ def test_unreadable_node_does_not_block():
 
 @pytest.mark.parametrize(
     "bearer, allowed",
-    [(ok("WLAN"), True), (ok("wifi"), True), (ok("GPRS"), False), ((404, None), False)],
+    [(ok("WLAN"), True), (ok("wifi"), True), (ok("GPRS"), False), ((404, None), True)],
 )
 def test_wifi_only_checks_bearer(bearer, allowed):
     verdict = evaluate(Policy(wifi_only=True), "FP-100", {DEFAULT_NODES.bearer: bearer}, PACKAGE)
     assert verdict.allowed is allowed
     assert verdict.reason == (None if allowed else "bearer")
+
+
+def test_wifi_only_missing_bearer_is_unknown():
+    verdict = evaluate(Policy(wifi_only=True), "FP-100", {}, PACKAGE)
+    assert verdict.allowed is True
+    assert verdict.unknown == ["bearer"]
 
 
 def test_carrier_nodes_written_when_present():

@@ -61,7 +61,7 @@ from ..store.models import (
     Package,
 )
 from . import counters
-from .spec import CampaignSpec, parse_wave
+from .spec import CampaignSpec, ValidationError, Wave, parse_wave
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +99,30 @@ class CampaignNotFound(LookupError):
 # Creation and lookup
 
 
+def check_wave_growth(waves: list[Wave]) -> None:
+    """Reject a device count that follows a percentage.
+
+    A percentage grows with the fleet and a count does not, so a count after
+    a percentage makes a smaller cumulative wave once the fleet is large
+    enough (``["50%", "10", "100%"]``). Counts first and percentages after
+    them are accepted.
+
+    Raises:
+        ValidationError: naming the offending ``waves[i]``.
+    """
+    for index in range(1, len(waves)):
+        before, after = waves[index - 1], waves[index]
+        if before.percent is not None and after.percent is None:
+            raise ValidationError(
+                f"waves[{index}]",
+                f"waves are cumulative and must grow: the device count {after.text} "
+                f"follows the percentage {before.text}; put device counts first",
+            )
+
+
 def create(session: Session, spec: CampaignSpec, now: datetime) -> Campaign:
     """Store a new campaign in state ``draft``."""
+    check_wave_growth(spec.waves)
     campaign = Campaign(
         name=spec.name,
         target_version=spec.target_version,
@@ -507,7 +529,10 @@ def evaluate(session: Session, campaign: Campaign, now: datetime) -> None:
         totals = [counters.summarize(buckets) for buckets in counts.values()]
         members = sum(t["members"] for t in totals)
         finished = sum(t["finished"] for t in totals)
-        if members > 0 and finished == members:
+        if members == 0:
+            _set_state(session, campaign, COMPLETED, now, succeeded=0, members=0,
+                       reason="no device matches the selection")
+        elif finished == members:
             succeeded = sum(t["succeeded"] for t in totals)
             _set_state(session, campaign, COMPLETED, now, succeeded=succeeded, members=members)
 
@@ -559,16 +584,22 @@ def mark_notified(session: Session, job_id: int, now: datetime) -> bool:
     return True
 
 
-def defer_job(session: Session, job: Job, reason: str, retry_after: int, now: datetime) -> None:
+def defer_job(
+    session: Session, job: Job, reason: str, retry_after: int, now: datetime, detail: str = ""
+) -> None:
     """Hold back a campaign job that a device policy check failed.
+
+    ``detail`` (the verdict's text, such as "battery 30% is below the
+    minimum of 50%") becomes the job's ``result_text``.
 
     The member moves to ``deferred:<reason>`` until ``retry_after`` seconds
     have passed, and the job is cancelled; the dispatcher creates a new job
     for the member then. A job outside any campaign is left queued, so the
     device is offered it again in its next session.
     """
+    job.result_text = (detail or f"deferred by the device policy: {reason}")[:256]
     if job.campaign_id is None:
-        jobs.record_event(session, job, "deferred", now, reason=reason)
+        jobs.record_event(session, job, "deferred", now, reason=reason, detail=detail)
         return
     campaign = lock(session, job.campaign_id)
     member = session.scalars(
@@ -585,7 +616,9 @@ def defer_job(session: Session, job: Job, reason: str, retry_after: int, now: da
     member.not_before = now + timedelta(seconds=retry_after)
     member.updated_at = now
     session.flush()
-    jobs.set_state(session, job, "cancelled", now, by="campaign", deferred=reason)
+    jobs.set_state(
+        session, job, "cancelled", now, by="campaign", deferred=reason, detail=detail
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -718,6 +751,11 @@ def retry_failed(session: Session, campaign_id: int, now: datetime, wave: int | 
         CampaignDevice.status.like(counters.FAILED_PREFIX + "%"),
     )
     if wave is not None:
+        numbers = [row.number for row in waves_of(session, campaign.id)]
+        if wave not in numbers:
+            raise CampaignError(
+                f"campaign {campaign_id} has no wave {wave}; its waves are 1 to {len(numbers)}"
+            )
         query = query.where(CampaignDevice.wave == wave)
     members = session.scalars(query).all()
     changes: dict[tuple[int, str], int] = defaultdict(int)

@@ -150,12 +150,15 @@ def evaluate(
         else:
             bearer = values.get(nodes.bearer or "", (0, None))
             text = (bearer[1] or "").strip().lower() if bearer[0] == STATUS_OK else ""
-            if text not in WIFI_BEARERS:
-                shown = text or "unknown"
+            if not text:
+                # Like every other check, a bearer node that is missing,
+                # unreadable or empty does not block the update.
+                verdict.unknown.append(REASON_BEARER)
+            elif text not in WIFI_BEARERS:
                 return Verdict(
                     allowed=False,
                     reason=REASON_BEARER,
-                    detail=f"the campaign requires Wi-Fi and the bearer is {shown}",
+                    detail=f"the campaign requires Wi-Fi and the bearer is {text}",
                 )
 
     if policy.severity is not None and _present(values, nodes.severity):
