@@ -14,7 +14,9 @@ its ``--data-dir`` and ``--db`` options. Examples::
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 from sqlalchemy import select
 
 from . import lifecycle
-from .spec import ValidationError, parse_spec
+from .spec import MAX_DB_INTEGER, ValidationError, parse_spec
 
 COMMANDS = {
     "pause": lifecycle.pause,
@@ -41,6 +43,28 @@ def _cli():
     from .. import cli
 
     return cli
+
+
+def finite_float(text: str) -> float:
+    """Parse a finite float option value (argparse ``type``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def bounded_int(text: str) -> int:
+    """Parse a non-negative integer that fits a database integer column."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if not 0 <= value <= MAX_DB_INTEGER:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_DB_INTEGER}, got {text}")
+    return value
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -265,24 +289,24 @@ def add_parsers(commands) -> None:
     create.add_argument("--carrier-tag", action="append")
     create.add_argument("--device", action="append", help="select this device id")
     create.add_argument("--waves", default="100%", help="cumulative waves, e.g. 1%%,10%%,100%% (default 100%%)")
-    create.add_argument("--success-threshold", type=float, help="share of a wave that must succeed before the next opens (default 0.95)")
-    create.add_argument("--error-threshold", type=float, help="failure rate that halts the campaign (default 0.05)")
-    create.add_argument("--min-sample", type=int, help="finished devices before the failure rate counts (default 10)")
+    create.add_argument("--success-threshold", type=finite_float, help="share of a wave that must succeed before the next opens (default 0.95)")
+    create.add_argument("--error-threshold", type=finite_float, help="failure rate that halts the campaign (default 0.05)")
+    create.add_argument("--min-sample", type=bounded_int, help="finished devices before the failure rate counts (default 10)")
     create.add_argument("--require-approval", action="store_true", help="each wave after the first waits for: campaign approve")
-    create.add_argument("--max-concurrent", type=int, help="devices with an unfinished job at once")
-    create.add_argument("--pushes-per-second", type=float, help="jobs dispatched per second")
+    create.add_argument("--max-concurrent", type=bounded_int, help="devices with an unfinished job at once")
+    create.add_argument("--pushes-per-second", type=finite_float, help="jobs dispatched per second")
     create.add_argument("--window", help="delivery window in device local time, HH:MM-HH:MM")
     create.add_argument("--default-timezone", help="time zone of devices without one (default UTC)")
-    create.add_argument("--min-battery", type=int, help="minimum battery percent before the Exec")
-    create.add_argument("--storage-factor", type=float, help="free storage needed as a multiple of the package size")
+    create.add_argument("--min-battery", type=bounded_int, help="minimum battery percent before the Exec")
+    create.add_argument("--storage-factor", type=finite_float, help="free storage needed as a multiple of the package size")
     create.add_argument("--wifi-only", action="store_true", help="download only over Wi-Fi")
-    create.add_argument("--severity", type=int, help="value for a carrier FUMO Severity node")
-    create.add_argument("--max-delta-share", type=float, help="send the full image when a delta exceeds this share of it (default 0.8)")
+    create.add_argument("--severity", type=bounded_int, help="value for a carrier FUMO Severity node")
+    create.add_argument("--max-delta-share", type=finite_float, help="send the full image when a delta exceeds this share of it (default 0.8)")
     create.set_defaults(func=cmd_campaign_create)
 
     start = campaign.add_parser("start", help="build missing deltas, then open wave 1")
-    start.add_argument("campaign_id", type=int)
-    start.add_argument("--workers", type=int, help="delta worker processes (default: CPU count)")
+    start.add_argument("campaign_id", type=bounded_int)
+    start.add_argument("--workers", type=bounded_int, help="delta worker processes (default: CPU count)")
     start.set_defaults(func=cmd_campaign_start)
     for name, text in (
         ("pause", "pause; jobs not yet delivered are withdrawn"),
@@ -292,18 +316,18 @@ def add_parsers(commands) -> None:
         ("approve", "open the wave waiting for approval"),
     ):
         command = campaign.add_parser(name, help=text)
-        command.add_argument("campaign_id", type=int)
+        command.add_argument("campaign_id", type=bounded_int)
         command.set_defaults(func=cmd_campaign_command)
     retry = campaign.add_parser("retry", help="give failed devices a new job")
-    retry.add_argument("campaign_id", type=int)
-    retry.add_argument("--wave", type=int, help="only this wave")
+    retry.add_argument("campaign_id", type=bounded_int)
+    retry.add_argument("--wave", type=bounded_int, help="only this wave")
     retry.set_defaults(func=cmd_campaign_retry)
     dispatch = campaign.add_parser("dispatch", help="run one dispatch round now (the server does it every few seconds)")
-    dispatch.add_argument("campaign_id", type=int)
+    dispatch.add_argument("campaign_id", type=bounded_int)
     dispatch.set_defaults(func=cmd_campaign_dispatch)
     campaign.add_parser("list", help="list campaigns").set_defaults(func=cmd_campaign_list)
     show = campaign.add_parser("show", help="show progress per wave and bucket")
-    show.add_argument("campaign_id", type=int)
+    show.add_argument("campaign_id", type=bounded_int)
     show.add_argument("--json", action="store_true", help="print the progress as JSON")
     show.set_defaults(func=cmd_campaign_show)
 

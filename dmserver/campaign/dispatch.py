@@ -20,6 +20,7 @@ notifications after the transaction commits.
 from __future__ import annotations
 
 import logging
+import math
 import zoneinfo
 from collections import defaultdict
 from dataclasses import dataclass
@@ -121,10 +122,13 @@ def _budget(session: Session, campaign: Campaign, now: datetime) -> int:
         budget = min(budget, max(0, limits.max_concurrent - in_flight))
     if limits.pushes_per_second is not None:
         rate = limits.pushes_per_second
-        burst = max(1.0, rate * RATE_BURST_SECONDS)
+        # The burst is capped at one batch so that a huge rate times the
+        # elapsed seconds (which may reach inf) never reaches int().
+        burst = min(float(MAX_BATCH), max(1.0, rate * RATE_BURST_SECONDS))
         last = campaign.last_dispatch_at or now
         elapsed = max(0.0, (now - last).total_seconds())
-        campaign.dispatch_credit = min(burst, (campaign.dispatch_credit or 0.0) + rate * elapsed)
+        credit = (campaign.dispatch_credit or 0.0) + rate * elapsed
+        campaign.dispatch_credit = min(burst, credit) if math.isfinite(credit) else burst
         budget = min(budget, int(campaign.dispatch_credit))
     campaign.last_dispatch_at = now
     return budget

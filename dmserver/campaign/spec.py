@@ -54,6 +54,9 @@ DEFAULT_MIN_SAMPLE = 10
 DEFAULT_MAX_DELTA_SHARE = 0.8
 DEFAULT_TIMEZONE = "UTC"
 MAX_SEVERITY = 255
+# Largest value of a PostgreSQL integer column: the bound for ids and for
+# every integer that is stored.
+MAX_DB_INTEGER = 2**31 - 1
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _COUNT = re.compile(r"^\s*(\d+)\s*$")
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -174,17 +177,25 @@ def _text(value: Any, name: str, max_length: int) -> str:
 def _number(value: Any, name: str, low: float, high: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationError(name, f"must be a number, got {value!r}")
+    # JSON decoders and argparse accept NaN and Infinity, and a Python int
+    # can be too large for a float.
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise ValidationError(name, f"must be a finite number, got {value!r}")
     if value < low or (high is not None and value > high):
         upper = f" and at most {high}" if high is not None else ""
         raise ValidationError(name, f"must be at least {low}{upper}, got {value}")
     return float(value)
 
 
-def _integer(value: Any, name: str, low: int, high: int | None = None) -> int:
+def _integer(value: Any, name: str, low: int, high: int = MAX_DB_INTEGER) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(name, f"must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        upper = f" and at most {high}" if high is not None else ""
+    if value < low or value > high:
+        upper = f" and at most {high}"
         raise ValidationError(name, f"must be at least {low}{upper}, got {value}")
     return value
 
