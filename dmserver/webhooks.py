@@ -17,8 +17,8 @@ Each request carries::
 Requests are sent concurrently and retried independently, so they may
 arrive out of order. ``X-Dmserver-Delivery`` is the outbox row id, which
 grows in the order the events were stored. Any 2xx response delivers the
-event. Anything else, or no answer within
-``REQUEST_TIMEOUT_SECONDS``, is retried after ``RETRY_BASE_SECONDS *
+event. Anything else, or a request not finished (connect, response headers
+and response body) within ``REQUEST_TIMEOUT_SECONDS``, is retried after ``RETRY_BASE_SECONDS *
 2**(attempts - 1)`` seconds (capped at ``RETRY_MAX_SECONDS``) until
 ``MAX_ATTEMPTS`` attempts, when the row is marked failed.
 """
@@ -51,10 +51,15 @@ EVENTS = (EVENT_JOB_FINISHED, EVENT_CAMPAIGN_STATE, EVENT_CAMPAIGN_WAVE)
 MAX_ATTEMPTS = 8
 RETRY_BASE_SECONDS = 5.0
 RETRY_MAX_SECONDS = 3600.0
+# Bound on one whole request: connect, response headers and response body.
 REQUEST_TIMEOUT_SECONDS = 10.0
-# A claimed row is not claimed again by another process for this long.
+# A claimed row is not claimed again by another process for this long. It
+# must exceed REQUEST_TIMEOUT_SECONDS plus the time to store the outcome, or
+# a second process could resend a request that is still running.
 CLAIM_SECONDS = 60.0
 BATCH_SIZE = 20
+# Requests one sender process runs at once; claiming pauses at this many.
+MAX_IN_FLIGHT = 100
 SECRET_BYTES = 24
 MAX_ERROR_LENGTH = 500
 
@@ -76,9 +81,13 @@ def new_secret() -> str:
 
 def check_url(url: str) -> str:
     """Return ``url`` if it is an absolute http(s) URL; raise ValueError otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"webhook URL must be an absolute http or https URL, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"webhook URL must be an absolute http or https URL with a host, got {url!r}")
     return url
 
 
@@ -145,19 +154,34 @@ def job_finished(session: Session, job: Job, now: datetime) -> None:
 # Outbox access, run in the database pool
 
 
-def claim_due(session: Session, now: datetime, limit: int = BATCH_SIZE) -> list[dict[str, Any]]:
-    """Claim up to ``limit`` due deliveries for this process.
+def claim_due(
+    session: Session,
+    now: datetime,
+    limit: int = BATCH_SIZE,
+    exclude: frozenset[int] = frozenset(),
+) -> list[dict[str, Any]]:
+    """Claim up to ``limit`` due deliveries of active endpoints for this
+    process, leaving out the row ids in ``exclude`` (requests still running).
 
     A row is claimed by moving its next_attempt_at forward with a
     conditional UPDATE, so two server processes never send the same attempt.
     """
-    rows = session.execute(
+    statement = (
         select(WebhookDelivery, WebhookEndpoint)
         .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-        .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
+        .where(
+            WebhookDelivery.state == "pending",
+            WebhookDelivery.next_attempt_at <= now,
+            # Deleting an endpoint deactivates it. Its pending rows stay
+            # pending and are never sent.
+            WebhookEndpoint.active.is_(True),
+        )
         .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
         .limit(limit)
-    ).all()
+    )
+    if exclude:
+        statement = statement.where(WebhookDelivery.id.not_in(sorted(exclude)))
+    rows = session.execute(statement).all()
     claimed = []
     lease = now + timedelta(seconds=CLAIM_SECONDS)
     for delivery, endpoint in rows:
@@ -220,9 +244,10 @@ def utcnow() -> datetime:
 class WebhookSender:
     """Sends due outbox rows every ``interval`` seconds while started.
 
-    A slow or dead receiver delays only its own deliveries: requests run
-    concurrently, each bounded by ``REQUEST_TIMEOUT_SECONDS``, and DM
-    sessions never wait for them.
+    A slow or dead receiver delays only its own deliveries: each round
+    claims due rows and starts their requests without waiting for them, so
+    the next round runs on time. Each request is bounded end to end by
+    ``REQUEST_TIMEOUT_SECONDS``, and DM sessions never wait for any.
     """
 
     def __init__(self, db, reactor, interval: float = 1.0, agent=None, clock=None):
@@ -237,6 +262,8 @@ class WebhookSender:
         self.agent = agent or Agent(reactor, connectTimeout=REQUEST_TIMEOUT_SECONDS)
         self.loop = LoopingCall(self.tick)
         self.loop.clock = reactor
+        # Ids of deliveries whose request or outcome write is still running.
+        self.in_flight: set[int] = set()
 
     def start(self) -> None:
         log.info("webhook sender started, every {interval} s", interval=self.interval)
@@ -247,20 +274,41 @@ class WebhookSender:
             self.loop.stop()
 
     def tick(self):
-        from twisted.internet import defer
+        """Claim due deliveries and start their requests.
 
-        d = self.db.run(lambda session: claim_due(session, self.clock()))
-
-        def send_all(claimed):
-            return defer.DeferredList([self._send(item) for item in claimed], consumeErrors=True)
-
-        d.addCallback(send_all)
+        The returned Deferred fires once the requests are started, not when
+        they finish, because LoopingCall skips rounds until it fires.
+        """
+        room = min(BATCH_SIZE, MAX_IN_FLIGHT - len(self.in_flight))
+        if room <= 0:
+            return None
+        exclude = frozenset(self.in_flight)
+        d = self.db.run(lambda session: claim_due(session, self.clock(), room, exclude))
+        d.addCallback(self._start_all)
         d.addErrback(lambda failure: log.failure("webhook round failed", failure))
         return d
+
+    def _start_all(self, claimed: list[dict[str, Any]]) -> None:
+        for item in claimed:
+            if item["id"] in self.in_flight:
+                continue
+            self.in_flight.add(item["id"])
+            d = self._send(item)
+            d.addErrback(
+                lambda failure, item=item: log.failure(
+                    "webhook {delivery} outcome not stored", failure, delivery=item["id"]
+                )
+            )
+            d.addBoth(self._finished, item["id"])
+
+    def _finished(self, result, delivery_id: int):
+        self.in_flight.discard(delivery_id)
+        return result
 
     def _send(self, item: dict[str, Any]):
         from io import BytesIO
 
+        from twisted.internet import defer
         from twisted.web.client import FileBodyProducer, readBody
         from twisted.web.http_headers import Headers
 
@@ -274,13 +322,20 @@ class WebhookSender:
                 SIGNATURE_HEADER.encode(): [sign(item["secret"], body).encode()],
             }
         )
-        d = self.agent.request(b"POST", item["url"].encode("utf-8"), headers, FileBodyProducer(BytesIO(body)))
-        d.addTimeout(REQUEST_TIMEOUT_SECONDS, self.reactor)
+        d = defer.maybeDeferred(
+            self.agent.request, b"POST", item["url"].encode("utf-8"), headers, FileBodyProducer(BytesIO(body))
+        )
 
         def answered(response):
             finished = readBody(response)
             finished.addCallback(lambda _: response.code)
             return finished
+
+        d.addCallback(answered)
+        # The timeout comes after answered, so it covers the body as well:
+        # cancelling d cancels the readBody Deferred it waits on, and that
+        # aborts the connection.
+        d.addTimeout(REQUEST_TIMEOUT_SECONDS, self.reactor)
 
         def outcome(code):
             if 200 <= code < 300:
@@ -290,7 +345,6 @@ class WebhookSender:
         def failed(failure):
             return False, f"{failure.type.__name__}: {failure.getErrorMessage()}"
 
-        d.addCallback(answered)
         d.addCallback(outcome)
         d.addErrback(failed)
         d.addCallback(self._record, item)
