@@ -187,6 +187,14 @@ def _add_device(session, row: dict, now: datetime):
             ZoneInfo(timezone)
         except (ValueError, KeyError, ZoneInfoNotFoundError):
             raise CliError(f"time zone {timezone!r} for {device_id} is not an IANA name such as Europe/Berlin") from None
+    msisdn = (row.get("msisdn") or "").strip() or None
+    if msisdn is not None:
+        from .push.gateways import validate_msisdn
+
+        try:
+            validate_msisdn(msisdn)
+        except ValueError as error:
+            raise CliError(f"msisdn for {device_id}: {error}") from None
     if session.scalars(select(Device).where(Device.device_id == device_id)).first():
         raise CliError(f"device {device_id} is already provisioned")
     session.add(
@@ -197,7 +205,7 @@ def _add_device(session, row: dict, now: datetime):
             server_password=row["server_password"],
             auth_scheme=scheme,
             model=row.get("model") or None,
-            msisdn=row.get("msisdn") or None,
+            msisdn=msisdn,
             fumo_root=row.get("fumo_root") or "./FUMO",
             delivery=delivery,
             firmware_version=row.get("firmware_version") or None,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ from twisted.web import resource, server
 from .. import webhooks
 from ..campaign import lifecycle
 from ..campaign import packages as campaign_packages
-from ..campaign.spec import ValidationError, check_timezone, parse_spec
+from ..campaign.spec import MAX_DB_INTEGER, ValidationError, check_timezone, parse_spec
+from ..push.gateways import validate_msisdn
 from ..store.db import Database
 from ..store.models import (
     ApiKey,
@@ -67,6 +69,11 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_IMPORT_DEVICES = 10_000
+# Maximum length of a digit string parsed as an id or integer parameter.
+# Python's int() raises ValueError above 4300 digits, and MAX_DB_INTEGER
+# has 10 digits.
+MAX_INTEGER_DIGITS = 20
+MIN_WEBHOOK_SECRET_LENGTH = 16
 AUTH_SCHEMES = {"md5": AUTH_MD5, "basic": AUTH_BASIC, "hmac": AUTH_MAC}
 AUTH_NAMES = {scheme: name for name, scheme in AUTH_SCHEMES.items()}
 DELIVERY_MODES = ("download", "inband")
@@ -159,18 +166,20 @@ def conflict(message: str, field: str | None = None) -> ApiError:
     return ApiError(409, "conflict", message, field)
 
 
-def _query_int(query: dict[str, list[str]], name: str, default: int | None, low: int, high: int | None = None) -> int | None:
+def _query_int(
+    query: dict[str, list[str]], name: str, default: int | None, low: int, high: int = MAX_DB_INTEGER
+) -> int | None:
     values = query.get(name)
     if not values:
         return default
     text = values[0]
     if not re.fullmatch(r"\d+", text):
         raise ApiError(400, "invalid_parameter", f"{name}: must be a non-negative integer, got {text!r}", name)
-    value = int(text)
-    if value < low or (high is not None and value > high):
-        upper = f" and at most {high}" if high is not None else ""
-        raise ApiError(400, "invalid_parameter", f"{name}: must be at least {low}{upper}, got {value}", name)
-    return value
+    if len(text) > MAX_INTEGER_DIGITS or not low <= int(text) <= high:
+        raise ApiError(
+            400, "invalid_parameter", f"{name}: must be at least {low} and at most {high}, got {text[:40]}", name
+        )
+    return int(text)
 
 
 def _query_text(query: dict[str, list[str]], name: str, choices: tuple[str, ...] | None = None) -> str | None:
@@ -221,6 +230,28 @@ def _required_text(item: dict, key: str, field: str, max_length: int) -> str:
     if item.get(key) is None:
         raise invalid(field, "is required")
     return _optional_text(item, key, field, max_length)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Decode a request body as strict JSON: NaN, Infinity and numbers that
+    overflow a float are rejected, as RFC 8259 has no such values."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "request body is not valid JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {error}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -407,6 +438,12 @@ def _device_from_item(item: Any, index: int, now: datetime) -> Device:
     delivery = _optional_text(item, "delivery", f"{prefix}.delivery", 16) or "download"
     if delivery not in DELIVERY_MODES:
         raise invalid(f"{prefix}.delivery", f"must be one of {', '.join(DELIVERY_MODES)}, got {delivery!r}")
+    msisdn = _optional_text(item, "msisdn", f"{prefix}.msisdn", 32)
+    if msisdn is not None:
+        try:
+            validate_msisdn(msisdn)
+        except ValueError as error:
+            raise invalid(f"{prefix}.msisdn", str(error)) from None
     timezone = _optional_text(item, "timezone", f"{prefix}.timezone", 64)
     if timezone is not None:
         try:
@@ -422,7 +459,7 @@ def _device_from_item(item: Any, index: int, now: datetime) -> Device:
         manufacturer=_optional_text(item, "manufacturer", f"{prefix}.manufacturer", 128),
         model=_optional_text(item, "model", f"{prefix}.model", 128),
         firmware_version=_optional_text(item, "firmware_version", f"{prefix}.firmware_version", 128),
-        msisdn=_optional_text(item, "msisdn", f"{prefix}.msisdn", 32),
+        msisdn=msisdn,
         fumo_root=_optional_text(item, "fumo_root", f"{prefix}.fumo_root", 256) or "./FUMO",
         delivery=delivery,
         group=_optional_text(item, "group", f"{prefix}.group", 64),
@@ -570,8 +607,10 @@ def retry_campaign(session: Session, campaign_id: int, body: Any, now: datetime)
             if key != "wave":
                 raise invalid(key, "unknown field; expected wave")
         wave = body.get("wave")
-        if wave is not None and (isinstance(wave, bool) or not isinstance(wave, int) or wave < 1):
-            raise invalid("wave", f"must be a wave number of 1 or more, got {wave!r}")
+        if wave is not None and (
+            isinstance(wave, bool) or not isinstance(wave, int) or not 1 <= wave <= MAX_DB_INTEGER
+        ):
+            raise invalid("wave", f"must be a wave number from 1 to {MAX_DB_INTEGER}, got {wave!r}")
     try:
         retried = lifecycle.retry_failed(session, campaign_id, now, wave)
     except lifecycle.CampaignError as error:
@@ -637,13 +676,23 @@ def create_webhook(session: Session, body: Any, now: datetime):
         webhooks.check_url(url)
     except ValueError as error:
         raise invalid("url", str(error)) from None
-    events = body.get("events") or []
-    if not isinstance(events, list):
-        raise invalid("events", "must be a list of event names")
+    # An endpoint stored with no events receives every event, so only a
+    # missing or null "events" means that. An empty list is a mistake.
+    events = body.get("events")
+    if events is None:
+        events = []
+    elif not isinstance(events, list) or not events:
+        raise invalid("events", f"must be a non-empty list of event names, or omitted for all events, got {events!r}")
     for index, name in enumerate(events):
-        if name not in webhooks.EVENTS:
+        if not isinstance(name, str) or name not in webhooks.EVENTS:
             raise invalid(f"events[{index}]", f"must be one of {', '.join(webhooks.EVENTS)}, got {name!r}")
-    secret = _optional_text(body, "secret", "secret", 128) or webhooks.new_secret()
+    secret = _optional_text(body, "secret", "secret", 128)
+    if secret is None:
+        secret = webhooks.new_secret()
+    elif len(secret) < MIN_WEBHOOK_SECRET_LENGTH:
+        raise invalid(
+            "secret", f"must be at least {MIN_WEBHOOK_SECRET_LENGTH} characters, or omitted to have one generated"
+        )
     endpoint = WebhookEndpoint(url=url, secret=secret, events=events, active=True, created_at=now)
     session.add(endpoint)
     session.flush()
@@ -670,10 +719,20 @@ class Route:
     handler: str  # ApiResource method name
     auth: bool = True
 
-    @property
-    def pattern(self) -> re.Pattern:
-        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.template)
-        return re.compile(f"^{regex}$")
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        """Return the path parameters if the decoded ``segments`` fit the
+        template, else None. A parameter is one whole segment, so it may
+        contain "/" when the client sent it as %2F."""
+        parts = self.template.strip("/").split("/")
+        if len(parts) != len(segments):
+            return None
+        params = {}
+        for part, segment in zip(parts, segments):
+            if part.startswith("{") and part.endswith("}"):
+                params[part[1:-1]] = segment
+            elif part != segment:
+                return None
+        return params
 
 
 ROUTES = (
@@ -714,9 +773,16 @@ class Call:
     now: datetime
 
     def int_param(self, name: str) -> int:
+        """Return the path parameter ``name`` as an id; 404 unless it can be one."""
         text = self.params[name]
-        if not re.fullmatch(r"\d{1,18}", text):
-            raise ApiError(404, "not_found", f"{name} must be a positive integer, got {text!r}", name)
+        if (
+            not re.fullmatch(r"\d+", text)
+            or len(text) > MAX_INTEGER_DIGITS
+            or not 1 <= int(text) <= MAX_DB_INTEGER
+        ):
+            raise ApiError(
+                404, "not_found", f"{name} must be an integer from 1 to {MAX_DB_INTEGER}, got {text[:40]!r}", name
+            )
         return int(text)
 
 
@@ -738,20 +804,19 @@ class ApiResource(resource.Resource):
     # -- dispatching -------------------------------------------------------
 
     def render(self, request):
-        path = "/" + "/".join(
-            unquote(segment.decode("latin-1")) for segment in request.postpath if segment
-        ) if request.postpath else "/"
+        segments = self._path_segments(request)
+        path = "/" + "/".join(segments)
         method = request.method.decode("ascii", "replace")
         if method == "HEAD":
             method = "GET"
         allowed = []
         for route in ROUTES:
-            match = route.pattern.match(path)
-            if match is None:
+            params = route.match(segments)
+            if params is None:
                 continue
             allowed.append(route.method)
             if route.method == method:
-                d = defer.maybeDeferred(self._serve, request, route, match.groupdict())
+                d = defer.maybeDeferred(self._serve, request, route, params)
                 d.addErrback(self._failed, request)
                 return server.NOT_DONE_YET
         if allowed:
@@ -760,6 +825,16 @@ class ApiResource(resource.Resource):
         else:
             error = ApiError(404, "not_found", f"no API route {API_PREFIX}{path}; see {API_PREFIX}/openapi.json")
         return self._error_bytes(request, error)
+
+    @staticmethod
+    def _path_segments(request) -> list[str]:
+        """Return the path below this resource, split on "/" and
+        percent-decoded once per segment. ``request.postpath`` is decoded
+        already but loses the difference between "/" and "%2F", so the raw
+        path is split here instead."""
+        raw = request.path.split(b"/")
+        below = raw[1 + len(request.prepath):]
+        return [unquote(segment.decode("latin-1")) for segment in below if segment]
 
     @defer.inlineCallbacks
     def _serve(self, request, route: Route, params: dict[str, str]):
@@ -799,12 +874,12 @@ class ApiResource(resource.Resource):
         if not raw.strip():
             return None
         content_type = (request.getHeader(b"content-type") or b"").decode("latin-1").split(";")[0].strip()
-        if content_type and content_type != JSON_TYPE:
-            raise ApiError(415, "unsupported_media_type", f"send the body as {JSON_TYPE}, not {content_type}")
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ApiError(400, "invalid_json", f"request body is not valid JSON: {error}") from None
+        if content_type.lower() != JSON_TYPE:
+            raise ApiError(
+                415, "unsupported_media_type",
+                f"send the body as {JSON_TYPE}, not {content_type or 'without a Content-Type'}",
+            )
+        return parse_json_body(raw)
 
     def _write_json(self, request, status: int, payload: Any) -> None:
         if request.finished or request._disconnected:
