@@ -555,3 +555,34 @@ def test_policy_deferral_sets_result_text(db):
     db.call(lambda s: lifecycle.defer_job(
         s, s.get(Job, created.job_id), "battery", 600, T0, detail=detail))
     assert db.call(lambda s: s.get(Job, created.job_id).result_text) == detail
+
+
+def test_unanswered_jobs_expire_and_free_slots(db):
+    add_devices(db, 5)
+    campaign_id = make_campaign(
+        db, waves=["100%"], limits={"max_concurrent": 2}, error_threshold=1.0
+    )
+    first = run_dispatch(db, campaign_id)
+    assert len(first) == 2
+    assert run_dispatch(db, campaign_id, T0 + timedelta(seconds=10)) == []
+    timeout = timedelta(seconds=lifecycle.IN_FLIGHT_TIMEOUT_SECONDS)
+    before = T0 + timeout - timedelta(seconds=1)
+    assert db.call(lambda s: lifecycle.expire_stale_jobs(s, campaign_id, before)) == 0
+    expired = db.call(lambda s: lifecycle.expire_stale_jobs(s, campaign_id, T0 + timeout))
+    assert expired == 2
+    for created in first:
+        job = db.call(lambda s: s.get(Job, created.job_id))
+        assert job.state == "cancelled"
+        assert job.result_text == "no response"
+    counts = db.call(lambda s: counters.read(s, campaign_id))
+    assert counts == {1: {"expired": 2, "pending": 3}}
+    assert scanned_buckets(db, campaign_id) == counts
+    totals = db.call(lambda s: lifecycle.progress(s, campaign_id))["totals"]
+    assert totals["expired"] == 2
+    assert totals["failed"] == 2
+    # The two slots are free again.
+    again = run_dispatch(db, campaign_id, T0 + timeout + timedelta(seconds=1))
+    assert len(again) == 2
+    # retry gives expired members a new job.
+    assert db.call(lambda s: lifecycle.retry_failed(s, campaign_id, T0 + timeout)) == 2
+    assert db.call(lambda s: counters.read(s, campaign_id))[1]["pending"] == 3

@@ -13,7 +13,12 @@ Every member of a campaign is in exactly one bucket:
 - ``succeeded``, ``cancelled``;
 - ``failed:<code>``: failed with a FUMO result code or SyncML status
   (``failed:none`` when the job failed without a code);
-- ``deferred:<reason>``: held back by a policy check, retried later.
+- ``deferred:<reason>``: held back by a policy check, retried later;
+- ``expired``: the job stayed queued or notified longer than the
+  campaign's in-flight timeout and was cancelled with the reason "no
+  response". Expired members count as failures in the totals (so the
+  error threshold, resume and retry treat them like failed members) and
+  are also reported on their own as ``expired``.
 
 The table ``campaign_counters`` stores, per campaign and wave, how many
 members each bucket has. A member's move from one bucket to another is one
@@ -41,6 +46,7 @@ DELIVERED = "delivered"
 DOWNLOADING = "downloading"
 SUCCEEDED = "succeeded"
 CANCELLED = "cancelled"
+EXPIRED = "expired"
 FAILED_PREFIX = "failed:"
 DEFERRED_PREFIX = "deferred:"
 
@@ -77,7 +83,12 @@ def bucket_for_job(job: Job, state: str) -> str:
 
 
 def is_final(bucket: str) -> bool:
-    return bucket in (SUCCEEDED, CANCELLED) or bucket.startswith(FAILED_PREFIX)
+    return bucket in (SUCCEEDED, CANCELLED, EXPIRED) or bucket.startswith(FAILED_PREFIX)
+
+
+def is_retryable(bucket: str) -> bool:
+    """Tell whether ``retry`` gives a member in ``bucket`` a new job."""
+    return bucket == EXPIRED or bucket.startswith(FAILED_PREFIX)
 
 
 def _upsert(session: Session, campaign_id: int, wave: int, name: str, delta: int) -> None:
@@ -142,9 +153,11 @@ def read_wave(session: Session, campaign_id: int, wave: int) -> dict[str, int]:
 
 
 def summarize(buckets: dict[str, int]) -> dict[str, int]:
-    """Return totals of one wave: members, succeeded, failed, cancelled,
-    finished, in_flight, pending and deferred."""
-    failed = sum(v for k, v in buckets.items() if k.startswith(FAILED_PREFIX))
+    """Return totals of one wave: members, succeeded, failed (expired
+    included), expired, cancelled, finished, in_flight, pending and
+    deferred."""
+    expired = buckets.get(EXPIRED, 0)
+    failed = sum(v for k, v in buckets.items() if k.startswith(FAILED_PREFIX)) + expired
     deferred = sum(v for k, v in buckets.items() if k.startswith(DEFERRED_PREFIX))
     succeeded = buckets.get(SUCCEEDED, 0)
     cancelled = buckets.get(CANCELLED, 0)
@@ -152,6 +165,7 @@ def summarize(buckets: dict[str, int]) -> dict[str, int]:
         "members": sum(buckets.values()),
         "succeeded": succeeded,
         "failed": failed,
+        "expired": expired,
         "cancelled": cancelled,
         "finished": succeeded + failed + cancelled,
         "in_flight": sum(buckets.get(name, 0) for name in IN_FLIGHT),

@@ -85,6 +85,13 @@ DISPATCHABLE_WAVES = (WAVE_OPEN, WAVE_PASSED)
 
 # Rows inserted per statement when members are added in bulk.
 INSERT_CHUNK = 1000
+# A campaign job still queued or notified this long after it was created is
+# cancelled ("no response") and its member counted as expired, so phones
+# that never call in do not hold max_concurrent slots or keep a wave open.
+# NOTE: one value for every campaign; the campaign definition has no field
+# for it yet.
+IN_FLIGHT_TIMEOUT_SECONDS = 3 * 24 * 3600
+NO_RESPONSE = "no response"
 
 
 class CampaignError(ValueError):
@@ -485,7 +492,7 @@ def evaluate(session: Session, campaign: Campaign, now: datetime) -> None:
                 wave=wave.number,
                 failure_rate=round(failure_rate(wave, totals), 6),
                 failed={k: v for k, v in counts.get(wave.number, {}).items()
-                        if k.startswith(counters.FAILED_PREFIX)},
+                        if counters.is_retryable(k)},
             )
             return
 
@@ -740,15 +747,72 @@ def emergency_stop(session: Session, campaign_id: int, now: datetime) -> Campaig
     return campaign
 
 
+def expire_stale_jobs(
+    session: Session,
+    campaign_id: int,
+    now: datetime,
+    timeout_seconds: float = IN_FLIGHT_TIMEOUT_SECONDS,
+) -> int:
+    """Cancel the running campaign's jobs that stayed queued or notified for
+    ``timeout_seconds`` since they were created; their members become
+    ``expired`` and free their max_concurrent slots. Return how many."""
+    campaign = lock(session, campaign_id)
+    if campaign.state != RUNNING:
+        return 0
+    cutoff = now - timedelta(seconds=timeout_seconds)
+    rows = session.execute(
+        select(CampaignDevice, Job)
+        .join(Job, Job.id == CampaignDevice.job_id)
+        .where(
+            CampaignDevice.campaign_id == campaign.id,
+            CampaignDevice.status.in_(counters.UNDELIVERED),
+            Job.created_at <= cutoff,
+        )
+    ).all()
+    if not rows:
+        return 0
+    changes: dict[tuple[int, str], int] = defaultdict(int)
+    for member, _job in rows:
+        changes[(member.wave, member.status)] -= 1
+        changes[(member.wave, counters.EXPIRED)] += 1
+        member.status = counters.EXPIRED
+        member.job_id = None
+        member.updated_at = now
+    counters.add(session, campaign.id, changes)
+    # The members no longer point at the jobs, so cancelling them does not
+    # move a counter again.
+    session.flush()
+    for _member, job in rows:
+        if job.state not in jobs.FINAL_STATES:
+            job.result_text = NO_RESPONSE
+            jobs.set_state(session, job, "cancelled", now, by="campaign", reason=NO_RESPONSE)
+    record(session, campaign, "jobs_expired", now, count=len(rows),
+           timeout_seconds=timeout_seconds)
+    logger.warning(
+        "campaign %d: %d jobs got no response within %g s and expired",
+        campaign.id, len(rows), timeout_seconds,
+    )
+    evaluate(session, campaign, now)
+    return len(rows)
+
+
 def retry_failed(session: Session, campaign_id: int, now: datetime, wave: int | None = None) -> int:
-    """Give failed members (of one wave, or all) a new job; others are not
-    touched. Return how many members will be retried."""
+    """Give failed and expired members (of one wave, or all) a new job;
+    others are not touched. Return how many members will be retried.
+
+    Raises:
+        CampaignError: the campaign's state allows no retry, or it has no
+            wave ``wave``.
+    """
     campaign = lock(session, campaign_id)
     if campaign.state in (DRAFT, PREPARING, CANCELLED, STOPPED):
         raise CampaignError(f"campaign {campaign_id} is {campaign.state}; failed devices cannot be retried")
     query = select(CampaignDevice).where(
         CampaignDevice.campaign_id == campaign.id,
-        CampaignDevice.status.like(counters.FAILED_PREFIX + "%"),
+        or_(
+            CampaignDevice.status.like(counters.FAILED_PREFIX + "%"),
+            CampaignDevice.status == counters.EXPIRED,
+        ),
     )
     if wave is not None:
         numbers = [row.number for row in waves_of(session, campaign.id)]

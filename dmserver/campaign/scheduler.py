@@ -1,4 +1,5 @@
 """The campaign scheduler of a server process: a Twisted ``LoopingCall`` that
+expires jobs without a response (:func:`lifecycle.expire_stale_jobs`) and
 runs :func:`dmserver.campaign.dispatch.dispatch_campaign` for every running
 campaign, each in its own transaction in the database thread pool.
 
@@ -15,7 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ..store.db import Database
-from . import dispatch
+from . import dispatch, lifecycle
 
 log = Logger(namespace="dmserver.campaign.scheduler")
 
@@ -29,8 +30,15 @@ def utcnow() -> datetime:
 class CampaignScheduler:
     """Runs dispatch rounds every ``interval`` seconds while started."""
 
-    def __init__(self, db: Database, reactor, interval: float = DEFAULT_INTERVAL_SECONDS):
+    def __init__(
+        self,
+        db: Database,
+        reactor,
+        interval: float = DEFAULT_INTERVAL_SECONDS,
+        in_flight_timeout: float = lifecycle.IN_FLIGHT_TIMEOUT_SECONDS,
+    ):
         self.db = db
+        self.in_flight_timeout = in_flight_timeout
         self.reactor = reactor
         self.interval = interval
         self.loop = LoopingCall(self.tick)
@@ -56,6 +64,14 @@ class CampaignScheduler:
             log.failure("listing running campaigns failed")
             return
         for campaign_id in campaign_ids:
+            try:
+                yield self.db.run(
+                    lambda session, cid=campaign_id: lifecycle.expire_stale_jobs(
+                        session, cid, utcnow(), self.in_flight_timeout
+                    )
+                )
+            except Exception:  # noqa: BLE001 - one campaign's failure must not stop the others
+                log.failure("expiring jobs of campaign {campaign_id} failed", campaign_id=campaign_id)
             try:
                 created = yield self.db.run(
                     lambda session, cid=campaign_id: dispatch.dispatch_campaign(session, cid, utcnow())
