@@ -177,6 +177,23 @@ def test_every_documented_operation_answers(server, client):
         assert response.status < 500
         called += 1
     assert called == len(api.ROUTES)
+    # Every POST reads its body, so the body errors must be documented for
+    # each of them: invalid JSON, a media type other than JSON, too large.
+    probes = [
+        (b"{not json", "application/json", 400),
+        (b"{}", "text/plain", 415),
+        (b" " * (api.MAX_BODY_BYTES + 1), "application/json", 413),
+    ]
+    for path, method, operation in operations:
+        if method != "post":
+            continue
+        concrete = path
+        for name, value in values.items():
+            concrete = concrete.replace("{" + name + "}", value)
+        for raw, content_type, status in probes:
+            response = client.request("POST", concrete, raw=raw, content_type=content_type)
+            assert response.status == status, (path, content_type, response.json)
+            check_response(document, path, method, response)
 
 
 def test_missing_wrong_and_revoked_keys_rejected(server):

@@ -259,3 +259,73 @@ def test_server_campaign_state_webhook(server, receiver):
     assert kinds == ["created", "cancelled"]
     states = [json.loads(body)["data"]["state"] for _, body in ordered]
     assert states == ["draft", "cancelled"]
+
+
+# ---------------------------------------------------------------------------
+# Broken receivers next to a working one
+
+
+class RawReceiver:
+    """A TCP server on 127.0.0.1 that reads each request and then sends
+    ``reply`` (possibly nothing) and keeps the connection open."""
+
+    def __init__(self, reply: bytes):
+        import socket
+
+        self.reply = reply
+        self.connections: list = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            connection.recv(65536)
+            if self.reply:
+                connection.sendall(self.reply)
+            self.connections.append(connection)
+
+    def wait_for(self, count: int) -> None:
+        deadline = time.monotonic() + DELIVERY_TIMEOUT
+        while len(self.connections) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(self.connections) >= count, f"received {len(self.connections)} of {count} connections"
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
+def test_broken_receivers_do_not_block_others(server):
+    failing = Receiver(failures=10**6)
+    silent = RawReceiver(b"")
+    stalling = RawReceiver(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+    good = Receiver()
+    try:
+        client = Client(server.url, api_key(server))
+        for receiver in (failing, silent, stalling, good):
+            created = client.request(
+                "POST", "/webhooks", {"url": receiver.url, "events": ["campaign.state_changed"]}
+            )
+            assert created.status == 201
+        spec = {"name": "first", "target_version": NEW_VERSION, "selection": {"models": [MODEL]}}
+        client.request("POST", "/campaigns", spec)
+        good.wait_for(1)
+        failing.wait_for(1)
+        silent.wait_for(1)
+        stalling.wait_for(1)
+        # Both broken requests are now running: one without a response and
+        # one with half a body. A later event still reaches the good receiver.
+        client.request("POST", "/campaigns", {**spec, "name": "second"})
+        good.wait_for(2)
+        campaign_ids = sorted(json.loads(body)["data"]["campaign_id"] for _, body in good.requests)
+        assert len(campaign_ids) == 2
+        assert campaign_ids[0] != campaign_ids[1]
+    finally:
+        for receiver in (failing, silent, stalling, good):
+            receiver.close()

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import __version__, webhooks
 from ..campaign import lifecycle
-from ..campaign.spec import SELECTION_KEYS
+from ..campaign.spec import MAX_DB_INTEGER, SELECTION_KEYS
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -95,7 +95,8 @@ SCHEMAS: dict[str, Any] = {
             "manufacturer": NULLABLE_STRING,
             "model": NULLABLE_STRING,
             "firmware_version": NULLABLE_STRING,
-            "msisdn": NULLABLE_STRING,
+            "msisdn": {"type": ["string", "null"], "pattern": "^\\+?[0-9]{3,20}$",
+                       "description": "Phone number for push: 3 to 20 digits with an optional leading +."},
             "fumo_root": NULLABLE_STRING,
             "delivery": {"type": ["string", "null"], "enum": ["download", "inband", None]},
             "group": NULLABLE_STRING,
@@ -264,8 +265,12 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": {"type": "integer", "minimum": 0},
     },
     "Totals": _object(
-        {name: {"type": "integer"} for name in
-         ("members", "succeeded", "failed", "cancelled", "finished", "in_flight", "pending", "deferred")}
+        {
+            **{name: {"type": "integer"} for name in
+               ("members", "succeeded", "failed", "cancelled", "finished", "in_flight", "pending", "deferred")},
+            "expired": {"type": "integer", "description": "Failed members whose job expired unanswered."},
+        },
+        required=["members", "succeeded", "failed", "cancelled", "finished", "in_flight", "pending", "deferred"],
     ),
     "WaveProgress": _object(
         {
@@ -316,9 +321,11 @@ SCHEMAS: dict[str, Any] = {
     "WebhookCreate": _object(
         {
             "url": {"type": "string", "format": "uri"},
-            "events": {"type": "array", "items": {"type": "string", "enum": list(webhooks.EVENTS)},
-                       "description": "Events to receive; empty or absent: all."},
-            "secret": {"type": "string", "description": "HMAC-SHA256 key; generated when absent."},
+            "events": {"type": ["array", "null"], "minItems": 1,
+                       "items": {"type": "string", "enum": list(webhooks.EVENTS)},
+                       "description": "Events to receive. All events when absent or null."},
+            "secret": {"type": "string", "minLength": 16, "maxLength": 128,
+                       "description": "HMAC-SHA256 key of at least 16 characters. Generated when absent."},
         },
         required=["url"],
     ),
@@ -355,7 +362,8 @@ PAGE_PARAMETERS = [
     {"name": "limit", "in": "query", "required": False,
      "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
     {"name": "after", "in": "query", "required": False,
-     "schema": {"type": "integer", "minimum": 0}, "description": "Return items with an id above this."},
+     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_DB_INTEGER},
+     "description": "Return items with an id above this."},
 ]
 
 
@@ -371,9 +379,9 @@ def _path(name: str, schema: dict) -> dict:
 
 
 DEVICE_ID = _path("device_id", {"type": "string"})
-CAMPAIGN_ID = _path("campaign_id", {"type": "integer", "minimum": 1})
-JOB_ID = _path("job_id", {"type": "integer", "minimum": 1})
-WEBHOOK_ID = _path("webhook_id", {"type": "integer", "minimum": 1})
+CAMPAIGN_ID = _path("campaign_id", {"type": "integer", "minimum": 1, "maximum": MAX_DB_INTEGER})
+JOB_ID = _path("job_id", {"type": "integer", "minimum": 1, "maximum": MAX_DB_INTEGER})
+WEBHOOK_ID = _path("webhook_id", {"type": "integer", "minimum": 1, "maximum": MAX_DB_INTEGER})
 STRING = {"type": "string"}
 
 
@@ -396,7 +404,8 @@ def _command(name: str, summary: str) -> dict:
     return {
         "post": _operation(
             f"{name}_campaign", summary,
-            _responses("200", "The campaign after the command", _ref("Campaign"), "401", "404", "409"),
+            _responses("200", "The campaign after the command", _ref("Campaign"),
+                       "400", "401", "404", "409", "413", "415"),
             [CAMPAIGN_ID],
         )
     }
@@ -442,7 +451,7 @@ def build_paths() -> dict[str, Any]:
             ),
             "post": _operation(
                 "create_campaign", "Create a campaign in state draft",
-                _responses("201", "The campaign", _ref("Campaign"), "400", "401", "415", "422"),
+                _responses("201", "The campaign", _ref("Campaign"), "400", "401", "413", "415", "422"),
                 body="CampaignCreate",
             ),
         },
@@ -463,7 +472,7 @@ def build_paths() -> dict[str, Any]:
             "post": _operation(
                 "start_campaign",
                 "Start a draft campaign: build its missing deltas, then open wave 1 (the campaign is preparing until then)",
-                _responses("202", "Preparation started", _ref("Campaign"), "401", "404", "409"),
+                _responses("202", "Preparation started", _ref("Campaign"), "400", "401", "404", "409", "413", "415"),
                 [CAMPAIGN_ID],
             )
         },
@@ -479,7 +488,7 @@ def build_paths() -> dict[str, Any]:
             "post": _operation(
                 "retry_campaign", "Give the failed devices (of one wave, or all) a new job",
                 _responses("200", "How many devices will be retried", _ref("RetryResult"),
-                           "401", "404", "409", "415", "422"),
+                           "400", "401", "404", "409", "413", "415", "422"),
                 [CAMPAIGN_ID], body="RetryRequest", body_required=False,
             )
         },
@@ -489,7 +498,7 @@ def build_paths() -> dict[str, Any]:
                 _responses("200", "A page of jobs", _ref("JobPage"), "400", "401"),
                 PAGE_PARAMETERS + [
                     _query("state", JOB_STATE),
-                    _query("campaign_id", {"type": "integer", "minimum": 1}),
+                    _query("campaign_id", {"type": "integer", "minimum": 1, "maximum": MAX_DB_INTEGER}),
                     _query("device_id", STRING),
                 ],
             )
@@ -501,7 +510,7 @@ def build_paths() -> dict[str, Any]:
             "get": _operation(
                 "list_events", "Job events in the order they were stored",
                 _responses("200", "A page of events", _ref("JobEventPage"), "400", "401"),
-                PAGE_PARAMETERS + [_query("job_id", {"type": "integer", "minimum": 1}), _query("kind", STRING)],
+                PAGE_PARAMETERS + [_query("job_id", {"type": "integer", "minimum": 1, "maximum": MAX_DB_INTEGER}), _query("kind", STRING)],
             )
         },
         "/webhooks": {
@@ -511,7 +520,7 @@ def build_paths() -> dict[str, Any]:
             "post": _operation(
                 "create_webhook", "Register a webhook endpoint",
                 _responses("201", "The endpoint with its signing secret", _ref("WebhookCreated"),
-                           "400", "401", "415", "422"),
+                           "400", "401", "413", "415", "422"),
                 body="WebhookCreate",
             ),
         },
