@@ -563,3 +563,22 @@ def test_sessionless_without_model_uses_package0(database, data_dir, tmp_path):
     assert [push.content_type for push in harness.pushes()] == ["application/vnd.syncml.notification"]
     assert "model unknown" in harness.events("push-fallback")[0]["reason"]
     assert harness.job()["state"] == "queued"
+
+
+def test_invalid_msisdn_recorded_once(database, data_dir, tmp_path):
+    add_device(data_dir)
+    set_device(database, msisdn="+1555-0100")
+    harness = Harness(database, tmp_path)
+    harness.service.startService()
+    harness.clock.advance(SCAN)
+    harness.clock.advance(SCAN)
+
+    events = harness.events("push-msisdn-invalid")
+    assert len(events) == 1
+    assert events[0]["msisdn"] == "+1555-0100"
+    assert harness.events("push") == []
+
+    set_device(database, msisdn=MSISDN)
+    harness.clock.advance(SCAN)
+    assert len(harness.pushes()) == 1
+    assert len(harness.events("push-msisdn-invalid")) == 1

@@ -12,6 +12,8 @@ table of its own is needed and a restarted server rebuilds its state:
   the received ``session_id``, the ``notified_session_id`` it matched and
   the ``form`` of the match.
 - ``push-fallback``: a session-less delivery was given up for Package 0.
+- ``push-msisdn-invalid``: the device's MSISDN is invalid, with the
+  ``msisdn`` and the ``error``; recorded once per MSISDN value.
 - ``delivered`` with ``sessionless: true``: the package went out in a
   Service Loading push (``fota.jobs.SESSIONLESS_KEY``).
 
@@ -41,6 +43,9 @@ log = Logger(namespace="dmserver.push.history")
 EVENT_PUSH = "push"
 EVENT_SESSION_STARTED = "session-started"
 EVENT_FALLBACK = "push-fallback"
+# The device's stored MSISDN cannot be pushed to; detail ``msisdn`` and
+# ``error``. The job is not pushed while the device keeps that MSISDN.
+EVENT_MSISDN_INVALID = "push-msisdn-invalid"
 MODE_PACKAGE0 = "package0"
 MODE_SESSIONLESS = "sessionless"
 PHASE_PUSHING = "pushing"
@@ -131,12 +136,30 @@ def collect_push_work(db: Session, server_id: str, now: datetime) -> list[PushTa
         try:
             validate_msisdn(device.msisdn.strip())
         except ValueError as error:
-            log.warn("job {job_id}: not pushed: {error}", job_id=job.id, error=str(error))
+            _msisdn_invalid(db, job, device, str(error), now)
             continue
         target = _target_for(db, job, device, server_id, now)
         if target is not None:
             targets.append(target)
     return targets
+
+
+def _msisdn_invalid(db: Session, job: Job, device: Device, error: str, now: datetime) -> None:
+    """Record and log an invalid MSISDN once per job and MSISDN value."""
+    recorded = db.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job.id, JobEvent.kind == EVENT_MSISDN_INVALID)
+        .order_by(JobEvent.id.desc())
+    ).first()
+    if recorded is not None and (recorded.detail or {}).get("msisdn") == device.msisdn:
+        return
+    jobs.record_event(db, job, EVENT_MSISDN_INVALID, now, msisdn=device.msisdn, error=error)
+    log.warn(
+        "job {job_id}: not pushed until the MSISDN of {device} changes: {error}",
+        job_id=job.id,
+        device=device.device_id,
+        error=error,
+    )
 
 
 def _job_events(db: Session, job: Job) -> list[JobEvent]:
