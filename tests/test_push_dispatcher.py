@@ -192,15 +192,59 @@ def test_gateway_error_is_recorded_and_retried():
     gateway = FakeGateway(clock)
     gateway.fail_next = 1
     records = []
-    dispatcher = make(clock, gateway, records)
+    dispatcher = make(clock, gateway, records, gateway_retry_delay=30.0)
 
     dispatcher.schedule("job-1", "+15550001", lambda attempt: SHORT_PDU)
-    clock.advance(60.0)
+    clock.advance(30.0)
 
+    # The failed request does not count: the retry is attempt 1 again.
     assert records == [
         ("job-1", 1, PushOutcome.GATEWAY_ERROR, "HTTP 503 from gateway"),
-        ("job-1", 2, PushOutcome.SENT, None),
+        ("job-1", 1, PushOutcome.SENT, None),
     ]
+    assert gateway.times() == [0.0, 30.0]
+
+
+def test_gateway_errors_do_not_use_push_budget():
+    clock = Clock()
+    gateway = FakeGateway(clock)
+    gateway.fail_next = 5
+    records = []
+    dispatcher = make(
+        clock, gateway, records, max_pushes=1, gateway_retry_delay=10.0, max_gateway_retries=8
+    )
+
+    dispatcher.schedule("job-1", "+15550001", lambda attempt: SHORT_PDU)
+    clock.pump([5.0] * 200)
+
+    # Retries after 10, 20, 40, 80 and 160 s of back-off (backoff 2).
+    assert gateway.times() == [0.0, 10.0, 30.0, 70.0, 150.0, 310.0]
+    outcomes = [(attempt, outcome) for _job, attempt, outcome, _error in records]
+    assert outcomes == [(1, PushOutcome.GATEWAY_ERROR)] * 5 + [
+        (1, PushOutcome.SENT),
+        (1, PushOutcome.EXHAUSTED),
+    ]
+
+
+def test_gateway_outage_gives_job_up_separately():
+    clock = Clock()
+    gateway = FakeGateway(clock)
+    gateway.fail_next = 100
+    records = []
+    dispatcher = make(clock, gateway, records, gateway_retry_delay=10.0, max_gateway_retries=2)
+
+    dispatcher.schedule("job-1", "+15550001", lambda attempt: SHORT_PDU)
+    clock.pump([5.0] * 20)
+
+    assert gateway.times() == [0.0, 10.0, 30.0]
+    assert records[-1] == (
+        "job-1",
+        1,
+        PushOutcome.GATEWAY_EXHAUSTED,
+        "gateway failed 3 times in a row: HTTP 503 from gateway",
+    )
+    assert dispatcher.pending_jobs == frozenset()
+    assert dispatcher.gateway_failing is True
 
 
 def test_build_error_drops_job():
@@ -297,6 +341,8 @@ def test_failing_callback_does_not_stop_dispatch():
         {"backoff": 0.5},
         {"max_pushes": 0},
         {"burst": 0.5},
+        {"gateway_retry_delay": 0},
+        {"max_gateway_retries": -1},
     ],
 )
 def test_invalid_settings(overrides):

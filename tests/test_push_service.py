@@ -22,7 +22,7 @@ from twisted.internet.task import Clock
 
 from dmserver.fota import downloads
 from dmserver.push import sl, wsp
-from dmserver.push.gateways import FileGateway, read_pushes
+from dmserver.push.gateways import FileGateway, GatewayError, read_pushes
 from dmserver.push.service import GatewaySpec, PushConfig, PushService
 from dmserver.session.service import ServerSettings, process_request
 from dmserver.store.db import Database
@@ -582,3 +582,63 @@ def test_invalid_msisdn_recorded_once(database, data_dir, tmp_path):
     harness.clock.advance(SCAN)
     assert len(harness.pushes()) == 1
     assert len(harness.events("push-msisdn-invalid")) == 1
+
+
+class SwitchableGateway:
+    """Wraps a gateway; while ``down`` every push fails with GatewayError."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.down = True
+        self.requests = 0
+
+    def send_push(self, msisdn, wsp_pdu, *, reference):
+        self.requests += 1
+        if self.down:
+            return defer.fail(GatewayError("HTTP 503 from gateway"))
+        return self.inner.send_push(msisdn, wsp_pdu, reference=reference)
+
+
+def test_gateway_outage_keeps_push_budget(database, data_dir, tmp_path):
+    add_device(data_dir)
+    harness = Harness(database, tmp_path)
+    gateway = SwitchableGateway(harness.service.dispatcher.gateway)
+    harness.service.dispatcher.gateway = gateway
+    harness.session_ids = list(range(1, 200))
+    harness.service.startService()
+    # The default back-off gives up on the job after about 7,400 s.
+    for _ in range(200):
+        harness.clock.advance(60.0)
+
+    outcomes = [event["outcome"] for event in harness.events("push")]
+    assert "gateway-exhausted" in outcomes
+    assert "exhausted" not in outcomes
+    assert harness.pushes() == []
+
+    gateway.down = False
+    for _ in range(100):
+        harness.clock.advance(60.0)
+    sent = [event["attempt"] for event in harness.events("push") if event["outcome"] == "sent"]
+    # All three pushes of the budget reach the phone after the outage.
+    assert sent == [1, 2, 3]
+    assert harness.events("push")[-1]["outcome"] == "exhausted"
+
+
+def test_gateway_exhausted_job_pushed_after_restart(database, data_dir, tmp_path):
+    add_device(data_dir)
+    harness = Harness(database, tmp_path)
+    gateway = SwitchableGateway(harness.service.dispatcher.gateway)
+    harness.service.dispatcher.gateway = gateway
+    harness.session_ids = list(range(1, 200))
+    harness.service.startService()
+    # The default back-off gives up on the job after about 7,400 s.
+    for _ in range(200):
+        harness.clock.advance(60.0)
+    assert "gateway-exhausted" in [event["outcome"] for event in harness.events("push")]
+
+    harness.session_ids = [0x1A2B]
+    harness.restart()  # the new service has a working gateway
+    sent = [event["attempt"] for event in harness.events("push") if event["outcome"] == "sent"]
+    assert sent == [1]
+    assert len(harness.pushes()) == 1

@@ -8,10 +8,18 @@ gateway:
 - After each attempt the dispatcher waits for the phone to call in. If
   ``session_started(job_id)`` does not arrive within the window, it pushes
   again; the n-th window lasts ``retry_window * backoff ** (n - 1)``
-  seconds. A failed gateway request counts as an attempt and is retried the
-  same way.
+  seconds.
+- A failed gateway request does not count towards ``max_pushes``, because
+  the phone was not reached. The same attempt is retried after
+  ``gateway_retry_delay * backoff ** (n - 1)`` seconds (at most
+  ``MAX_GATEWAY_RETRY_DELAY``) for the n-th failure in a row. After
+  ``max_gateway_retries`` retries in a row fail, the job is reported as
+  ``gateway-exhausted`` and dropped, so its owner can schedule it again
+  once the gateway works.
 - After ``max_pushes`` attempts and a last empty window the job is given
   up.
+- A gateway outage is logged once when the first request fails and once
+  when a push goes through again, not per job.
 - Every attempt and the final give-up are reported through
   ``on_push(job_id, attempt, outcome, error)``.
 
@@ -51,6 +59,12 @@ logger = logging.getLogger(__name__)
 # Tolerance for floating-point drift when a refill timer fires.
 _TOKEN_EPSILON = 1e-9
 MAX_REFERENCE = 0xFF
+# Seconds before the first retry of a push the gateway failed.
+DEFAULT_GATEWAY_RETRY_DELAY = 30.0
+# Retries in a row after gateway failures before a job is given up as
+# gateway-exhausted: with the defaults, about 2 hours of back-off.
+DEFAULT_MAX_GATEWAY_RETRIES = 8
+MAX_GATEWAY_RETRY_DELAY = 3600.0
 
 
 class PushOutcome(enum.StrEnum):
@@ -63,6 +77,9 @@ class PushOutcome(enum.StrEnum):
     BUILD_ERROR = "build-error"
     # max_pushes attempts went unanswered; ``attempt`` is the last one.
     EXHAUSTED = "exhausted"
+    # The gateway failed max_gateway_retries + 1 times in a row; ``attempt``
+    # is the attempt that could not be sent. The job may be scheduled again.
+    GATEWAY_EXHAUSTED = "gateway-exhausted"
 
 
 OnPush = Callable[[str, int, PushOutcome, "str | None"], None]
@@ -74,7 +91,8 @@ class _Job:
     job_id: str
     msisdn: str
     pdu_factory: PduFactory
-    attempts: int = 0
+    attempts: int = 0  # pushes the gateway accepted
+    gateway_failures: int = 0  # failed gateway requests in a row
     pdu: bytes | None = None
     timer: IDelayedCall | None = None
     active: bool = True
@@ -94,6 +112,8 @@ class PushDispatcher:
         on_push: OnPush,
         *,
         burst: float = 1.0,
+        gateway_retry_delay: float = DEFAULT_GATEWAY_RETRY_DELAY,
+        max_gateway_retries: int = DEFAULT_MAX_GATEWAY_RETRIES,
     ) -> None:
         if rate_per_second <= 0:
             raise ValueError(f"rate_per_second must be positive, got {rate_per_second}")
@@ -105,6 +125,10 @@ class PushDispatcher:
             raise ValueError(f"max_pushes must be at least 1, got {max_pushes}")
         if burst < 1:
             raise ValueError(f"burst must be at least 1 token, got {burst}")
+        if gateway_retry_delay <= 0:
+            raise ValueError(f"gateway_retry_delay must be positive, got {gateway_retry_delay}")
+        if max_gateway_retries < 0:
+            raise ValueError(f"max_gateway_retries must be at least 0, got {max_gateway_retries}")
 
         self.gateway = gateway
         self._clock = clock
@@ -114,6 +138,11 @@ class PushDispatcher:
         self._max_pushes = max_pushes
         self._on_push = on_push
         self._burst = float(burst)
+        self._gateway_retry_delay = float(gateway_retry_delay)
+        self._max_gateway_retries = max_gateway_retries
+        # Failed gateway requests since the last push that went through;
+        # nonzero means an outage is in progress.
+        self._outage_failures = 0
 
         self._tokens = self._burst
         self._refilled_at = clock.seconds()
@@ -151,6 +180,11 @@ class PushDispatcher:
     def cancel(self, job_id: str) -> bool:
         """Stop pushing for ``job_id`` without a session (job cancelled)."""
         return self._stop(job_id, "cancelled")
+
+    @property
+    def gateway_failing(self) -> bool:
+        """True from a failed gateway request until a push goes through."""
+        return self._outage_failures > 0
 
     @property
     def pending_jobs(self) -> frozenset[str]:
@@ -243,6 +277,14 @@ class PushDispatcher:
         )
 
     def _sent(self, receipt: PushReceipt, job: _Job, attempt: int) -> None:
+        if self._outage_failures:
+            logger.warning(
+                "push gateway %s works again after %d failed requests",
+                self.gateway.name,
+                self._outage_failures,
+            )
+            self._outage_failures = 0
+        job.gateway_failures = 0
         logger.info(
             "push %d for job %s sent to %s (%d SMS)",
             attempt,
@@ -255,15 +297,43 @@ class PushDispatcher:
 
     def _failed(self, failure: Failure, job: _Job, attempt: int) -> None:
         error = failure.getErrorMessage()
-        logger.warning(
-            "push %d for job %s to %s failed: %s",
-            attempt,
-            job.job_id,
-            job.msisdn,
-            error,
+        if self._outage_failures == 0:
+            logger.warning(
+                "push gateway %s failed (%s); pushes are retried with back-off "
+                "until it works again",
+                self.gateway.name,
+                error,
+            )
+        self._outage_failures += 1
+        logger.debug(
+            "push %d for job %s to %s failed: %s", attempt, job.job_id, job.msisdn, error
         )
+        # The phone was not reached, so the attempt does not count.
+        job.attempts -= 1
+        job.gateway_failures += 1
         self._report(job.job_id, attempt, PushOutcome.GATEWAY_ERROR, error)
-        self._start_window(job, attempt)
+        if not job.active:
+            return
+        if job.gateway_failures > self._max_gateway_retries:
+            self._jobs.pop(job.job_id, None)
+            job.active = False
+            self._report(
+                job.job_id,
+                attempt,
+                PushOutcome.GATEWAY_EXHAUSTED,
+                f"gateway failed {job.gateway_failures} times in a row: {error}",
+            )
+            return
+        delay = min(
+            MAX_GATEWAY_RETRY_DELAY,
+            self._gateway_retry_delay * self._backoff ** (job.gateway_failures - 1),
+        )
+        job.timer = self._clock.callLater(delay, self._gateway_retry_due, job)
+
+    def _gateway_retry_due(self, job: _Job) -> None:
+        job.timer = None
+        if job.active:
+            self._enqueue(job)
 
     def _start_window(self, job: _Job, attempt: int) -> None:
         if not job.active:

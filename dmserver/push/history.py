@@ -4,7 +4,8 @@ The history of a job's pushes is kept in its ``job_events`` rows, so no
 table of its own is needed and a restarted server rebuilds its state:
 
 - ``push``: one attempt, with ``attempt``, ``outcome`` (``sent``,
-  ``gateway-error``, ``build-error``, ``exhausted``), ``error``, ``mode``
+  ``gateway-error``, ``gateway-exhausted``, ``build-error``,
+  ``exhausted``), ``error``, ``mode``
   (``package0`` or ``sessionless``), ``gateway``, and for Package 0 the
   notified ``session_id`` (upper-case hexadecimal), ``pkg0_version`` and
   the ``nonce`` used (``server-nonce`` or ``resync:<form>``).
@@ -68,7 +69,7 @@ class PushHistory:
     """
 
     fallback: bool = False
-    attempts: int = 0
+    attempts: int = 0  # pushes the gateway accepted
     finished: bool = False  # exhausted, build error or session started
     exhausted: bool = False
     sessionless_delivery: bool = False
@@ -87,9 +88,14 @@ def read_history(events: list[JobEvent], mode: str) -> PushHistory:
             history.finished = True
         elif event.kind == EVENT_PUSH and detail.get("mode", MODE_PACKAGE0) == mode:
             outcome = detail.get("outcome")
-            if outcome in (PushOutcome.SENT.value, PushOutcome.GATEWAY_ERROR.value):
-                history.attempts = max(history.attempts, int(detail.get("attempt", 0)))
-            elif outcome == OUTCOME_EXHAUSTED:
+            if outcome == PushOutcome.SENT.value:
+                # Failed gateway requests do not count: the phone was not
+                # reached. Older records numbered them as attempts too, so
+                # the sent pushes are counted rather than numbers taken.
+                history.attempts += 1
+            elif outcome == OUTCOME_EXHAUSTED and history.attempts > 0:
+                # An exhaustion without any push sent came from gateway
+                # errors alone (older records); the job is pushed again.
                 history.finished = history.exhausted = True
             elif outcome == OUTCOME_BUILD_ERROR:
                 history.finished = True

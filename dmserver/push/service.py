@@ -187,6 +187,9 @@ class _ActivePush:
     target: PushTarget
     phase: str
     finished: bool = False
+    # Given up by the dispatcher after gateway failures; scheduled again
+    # when a push goes through or as the probe of a later scan.
+    parked: bool = False
     budget_spent: bool = False
     notify_timer: IDelayedCall | None = None
     # attempt number (dispatcher's count) -> detail of the PDU built for it
@@ -294,6 +297,7 @@ class PushService(service.Service):
         self._apply(targets)
 
     def _apply(self, targets: list[PushTarget]) -> None:
+        self._probe_gateway()
         targets_by_job = {target.job_id: target for target in targets}
         for job_id, entry in list(self._active.items()):
             target = targets_by_job.get(job_id)
@@ -341,6 +345,40 @@ class PushService(service.Service):
         self.dispatcher.schedule(
             entry.key, target.msisdn, lambda attempt: self._build_pdu(entry, attempt)
         )
+
+    def _parked(self) -> list[_ActivePush]:
+        return [entry for entry in self._active.values() if entry.parked]
+
+    def _probe_gateway(self) -> None:
+        """Schedule one parked job again when nothing else tests the gateway."""
+        parked = self._parked()
+        if parked and not self.dispatcher.pending_jobs:
+            self._unpark(parked[0])
+
+    def _unpark_all(self) -> None:
+        for entry in self._parked():
+            self._unpark(entry)
+
+    def _unpark(self, entry: _ActivePush) -> None:
+        entry.parked = False
+        entry.finished = False
+        self.dispatcher.schedule(
+            entry.key, entry.target.msisdn, lambda attempt: self._build_pdu(entry, attempt)
+        )
+
+    def _park(self, entry: _ActivePush, attempt: int, error: str | None) -> None:
+        if not self._parked():
+            log.warn(
+                "push gateway {gateway} keeps failing ({error}); jobs wait until a "
+                "push goes through",
+                gateway=self.dispatcher.gateway.name,
+                error=error,
+            )
+        # The pushes this dispatcher run sent before the outage count.
+        entry.target.attempts += attempt - 1
+        entry.built.clear()
+        entry.parked = True
+        entry.finished = True
 
     def _drop(self, entry: _ActivePush) -> None:
         self.dispatcher.cancel(entry.key)
@@ -410,6 +448,23 @@ class PushService(service.Service):
             self._record(job_id, {"attempt": attempt, "outcome": outcome.value, "error": error})
             return
         total = entry.target.attempts + attempt
+        if outcome is PushOutcome.GATEWAY_EXHAUSTED:
+            self._record(
+                job_id,
+                {
+                    "attempt": total,
+                    "outcome": outcome.value,
+                    "error": error,
+                    "mode": entry.target.mode,
+                    "gateway": self.dispatcher.gateway.name,
+                },
+            )
+            self._park(entry, attempt, error)
+            return
+        if outcome is PushOutcome.SENT and self._parked():
+            # The gateway works again. The parked jobs are scheduled from a
+            # fresh reactor turn, not inside the dispatcher's callback.
+            self._reactor.callLater(0, self._unpark_all)
         if outcome is PushOutcome.BUILD_ERROR and entry.budget_spent:
             outcome, total = PushOutcome.EXHAUSTED, total - 1
         if outcome is PushOutcome.EXHAUSTED:
