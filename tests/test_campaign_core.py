@@ -586,3 +586,19 @@ def test_unanswered_jobs_expire_and_free_slots(db):
     # retry gives expired members a new job.
     assert db.call(lambda s: lifecycle.retry_failed(s, campaign_id, T0 + timeout)) == 2
     assert db.call(lambda s: counters.read(s, campaign_id))[1]["pending"] == 3
+
+
+def test_pause_withdraws_unfetched_sessionless_job(db):
+    add_devices(db, 2)
+    campaign_id = make_campaign(db, waves=["100%"])
+    created = run_dispatch(db, campaign_id)
+    sessionless, session_bound = created[0].job_id, created[1].job_id
+    db.call(lambda s: jobs.set_state(
+        s, s.get(Job, sessionless), "delivered", T0, **{jobs.SESSIONLESS_KEY: True}))
+    db.call(lambda s: jobs.set_state(s, s.get(Job, session_bound), "delivered", T0))
+    db.call(lambda s: lifecycle.pause(s, campaign_id, T0))
+    assert db.call(lambda s: s.get(Job, sessionless).state) == "cancelled"
+    assert db.call(lambda s: s.get(Job, session_bound).state) == "delivered"
+    counts = db.call(lambda s: counters.read(s, campaign_id))
+    assert counts == {1: {"pending": 1, "delivered": 1}}
+    assert scanned_buckets(db, campaign_id) == counts

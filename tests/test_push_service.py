@@ -642,3 +642,83 @@ def test_gateway_exhausted_job_pushed_after_restart(database, data_dir, tmp_path
     sent = [event["attempt"] for event in harness.events("push") if event["outcome"] == "sent"]
     assert sent == [1]
     assert len(harness.pushes()) == 1
+
+
+def attach_campaign(database: SyncDatabase, state: str = "running", policy=None, full_only=False) -> int:
+    """Create a campaign in ``state`` and make the queued job one of its jobs."""
+    from dmserver.campaign import lifecycle
+    from dmserver.campaign.spec import parse_spec
+    from dmserver.store.models import Campaign
+
+    body = {"name": "push", "target_version": NEW_VERSION, "selection": {"models": [MODEL]}}
+    if policy is not None:
+        body["policy"] = policy
+    spec = parse_spec(body)
+
+    def create(session):
+        campaign = lifecycle.create(session, spec, datetime(2026, 1, 1))
+        campaign.state = state
+        if full_only:
+            full = session.scalars(
+                select(Package).where(
+                    Package.model == MODEL,
+                    Package.target_version == NEW_VERSION,
+                    Package.payload_type == "full",
+                )
+            ).one()
+            campaign.package_plan = {MODEL: {"full": full.id}}
+        session.scalars(select(Job)).one().campaign_id = campaign.id
+        return campaign.id
+
+    return database.call(create)
+
+
+def set_campaign_state(database: SyncDatabase, campaign_id: int, state: str) -> None:
+    from dmserver.store.models import Campaign
+
+    def update(session):
+        session.get(Campaign, campaign_id).state = state
+
+    database.call(update)
+
+
+def test_sessionless_campaign_job_uses_plan(database, data_dir, tmp_path):
+    add_device(data_dir, "--profile", "sessionless=true", "--firmware-version", OLD_VERSION)
+    attach_campaign(database, full_only=True)
+    harness = Harness(database, tmp_path)
+
+    harness.service.startService()
+
+    # Without the plan the delta from OLD_VERSION would be chosen.
+    assert harness.job()["state"] == "delivered"
+    assert harness.job()["package_type"] == "full"
+
+
+def test_campaign_policy_uses_package0(database, data_dir, tmp_path):
+    add_device(data_dir, "--profile", "sessionless=true", "--firmware-version", OLD_VERSION)
+    attach_campaign(database, policy={"min_battery": 50})
+    harness = Harness(database, tmp_path)
+
+    harness.service.startService()
+
+    assert harness.job()["state"] == "queued"
+    pushes = harness.pushes()
+    assert len(pushes) == 1
+    assert pushes[0].content_type_code == wsp.CONTENT_TYPE_SYNCML_NOTIFICATION
+
+
+def test_halted_campaign_job_not_pushed(database, data_dir, tmp_path):
+    add_device(data_dir)
+    campaign_id = attach_campaign(database, state="halted")
+    harness = Harness(database, tmp_path)
+    harness.service.startService()
+    assert harness.pushes() == []
+
+    set_campaign_state(database, campaign_id, "running")
+    harness.clock.advance(SCAN)
+    assert len(harness.pushes()) == 1
+    set_campaign_state(database, campaign_id, "paused")
+    harness.clock.advance(SCAN)
+    harness.clock.advance(WINDOW * 10)
+    # The pending retries were withdrawn.
+    assert len(harness.pushes()) == 1

@@ -632,15 +632,38 @@ def defer_job(
 # Operator commands and the halt
 
 
-def _release_undelivered(session: Session, campaign: Campaign, now: datetime, why: str) -> int:
-    """Cancel the campaign's jobs not yet delivered; their members go back
-    to ``pending``. Return how many were released."""
-    members = session.scalars(
-        select(CampaignDevice).where(
+def _sessionless_unfetched(session: Session, campaign: Campaign) -> list[CampaignDevice]:
+    """Members whose job went out in a Service Loading push that the phone
+    has not followed yet: the job is ``delivered`` but no package left."""
+    rows = session.execute(
+        select(CampaignDevice, Job)
+        .join(Job, Job.id == CampaignDevice.job_id)
+        .where(
             CampaignDevice.campaign_id == campaign.id,
-            CampaignDevice.status.in_(counters.UNDELIVERED),
+            CampaignDevice.status == counters.DELIVERED,
+            Job.state == "delivered",
         )
     ).all()
+    return [member for member, job in rows if jobs.delivered_sessionless(session, job)]
+
+
+def _release_undelivered(session: Session, campaign: Campaign, now: datetime, why: str) -> int:
+    """Cancel the campaign's jobs not yet delivered; their members go back
+    to ``pending``. Return how many were released.
+
+    A job delivered in a Service Loading push whose descriptor the phone has
+    not fetched counts as not delivered: cancelling it closes its download
+    URL and stops the pushes.
+    """
+    members = list(
+        session.scalars(
+            select(CampaignDevice).where(
+                CampaignDevice.campaign_id == campaign.id,
+                CampaignDevice.status.in_(counters.UNDELIVERED),
+            )
+        ).all()
+    )
+    members += _sessionless_unfetched(session, campaign)
     changes: dict[tuple[int, str], int] = defaultdict(int)
     job_ids = []
     for member in members:

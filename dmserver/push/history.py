@@ -31,9 +31,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from twisted.logger import Logger
 
-from ..campaign.lifecycle import mark_notified
+from ..campaign.lifecycle import RUNNING, mark_notified
+from ..campaign.packages import packages_for_job
+from ..campaign.policy import policy_for_job
 from ..fota import jobs
-from ..store.models import Device, Job, JobEvent, Package
+from ..store.models import Campaign, Device, Job, JobEvent, Package
 from . import pkg0
 from .dispatcher import PushOutcome
 from .gateways import validate_msisdn
@@ -136,9 +138,18 @@ def collect_push_work(db: Session, server_id: str, now: datetime) -> list[PushTa
         .order_by(Job.id)
     ).all()
     targets = []
+    campaign_states: dict[int, str | None] = {}
     for job, device in rows:
         if not (device.msisdn or "").strip():
             continue
+        if job.campaign_id is not None:
+            if job.campaign_id not in campaign_states:
+                campaign = db.get(Campaign, job.campaign_id)
+                campaign_states[job.campaign_id] = campaign.state if campaign else None
+            if campaign_states[job.campaign_id] != RUNNING:
+                # A paused, halted or finished campaign sends no pushes; the
+                # service drops the job's pending pushes.
+                continue
         try:
             validate_msisdn(device.msisdn.strip())
         except ValueError as error:
@@ -216,7 +227,13 @@ def _target_for(
             return exhausted
         return target(MODE_SESSIONLESS, PHASE_PUSHING, history.attempts)
 
-    if profile.sessionless and not read_history(events, MODE_SESSIONLESS).fallback:
+    # A campaign policy is checked with Gets in a DM session, which a
+    # session-less delivery never has, so such jobs go through Package 0.
+    if (
+        profile.sessionless
+        and not read_history(events, MODE_SESSIONLESS).fallback
+        and policy_for_job(db, job) is None
+    ):
         reason = _prepare_sessionless(db, job, device, now)
         if reason is None:
             return target(MODE_SESSIONLESS, PHASE_PUSHING, 0)
@@ -250,9 +267,11 @@ def _prepare_sessionless(
         return "device model unknown; a DM session reads it"
     if device.firmware_version and device.firmware_version == job.target_version:
         return f"device reports {device.firmware_version} already; a DM session checks"
-    packages = db.scalars(
-        select(Package).where(Package.target_version == job.target_version)
-    ).all()
+    packages = packages_for_job(db, job)
+    if packages is None:
+        packages = db.scalars(
+            select(Package).where(Package.target_version == job.target_version)
+        ).all()
     offers = [
         PackageOffer(
             package_id=package.id,
