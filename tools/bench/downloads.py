@@ -84,6 +84,9 @@ DEFAULT_CLIENTS = 4
 DEFAULT_SECONDS = 10.0
 DEFAULT_MAX_REQUESTS = 5000
 DEFAULT_NGINX_WORKERS = 1
+# A client stops after this many failed requests instead of retrying
+# until its deadline.
+MAX_CLIENT_ERRORS = 10
 NGINX_START_TIMEOUT_SECONDS = 10
 NGINX_STOP_TIMEOUT_SECONDS = 10
 # Bytes per MB in the results: decimal, as network throughput is usually given.
@@ -154,7 +157,11 @@ def client_worker(
     buffer = bytearray(READ_BUFFER_SIZE)
     view = memoryview(buffer)
     verify = True
-    while result.requests < max_requests and time.time() < deadline:
+    while (
+        result.requests < max_requests
+        and len(result.errors) < MAX_CLIENT_ERRORS
+        and time.time() < deadline
+    ):
         byte_range = _range_for(scenario, size, rng)
         headers = {}
         if byte_range is not None:
@@ -317,16 +324,20 @@ def prepare_dmserver(corpus: Path, work: Path) -> tuple[DmServer, str, Path]:
         result = run_session(phone, f"{server.url}/dm", SessionConfig())
         if result.accepted_exec is None:
             raise BenchError("the DM session ended without delivering the FOTA job")
-        descriptor_url = phone.tree.value(f"{phone.fumo_node}/DownloadAndUpdate/PkgURL")
-        connection = http.client.HTTPConnection(
-            urlsplit(descriptor_url).hostname, urlsplit(descriptor_url).port
+        descriptor_url = urlsplit(
+            phone.tree.value(f"{phone.fumo_node}/DownloadAndUpdate/PkgURL")
         )
-        connection.request("GET", urlsplit(descriptor_url).path)
+        connection = http.client.HTTPConnection(
+            descriptor_url.hostname, descriptor_url.port
+        )
+        connection.request("GET", descriptor_url.path)
         response = connection.getresponse()
         body = response.read()
         connection.close()
         if response.status != 200:
-            raise BenchError(f"GET {descriptor_url} returned HTTP {response.status}")
+            raise BenchError(
+                f"GET {descriptor_url.geturl()} returned HTTP {response.status}"
+            )
         descriptor = parse_descriptor(body)
     except BaseException:
         server.stop()
