@@ -722,3 +722,25 @@ def test_halted_campaign_job_not_pushed(database, data_dir, tmp_path):
     harness.clock.advance(WINDOW * 10)
     # The pending retries were withdrawn.
     assert len(harness.pushes()) == 1
+
+
+def test_late_notify_after_fallback_recorded_only(database, data_dir, tmp_path):
+    add_device(data_dir, "--profile", "sessionless=true", "--firmware-version", OLD_VERSION)
+    harness = Harness(database, tmp_path)
+    harness.service.startService()
+    token = harness.job()["token"]
+    harness.database.call(lambda s: downloads.descriptor_for(s, token, BASE_URL, datetime(2026, 1, 1)))
+    harness.clock.advance(SCAN)
+    harness.clock.advance(NOTIFY_WINDOW)  # fall back to Package 0
+    assert harness.job()["state"] == "queued"
+
+    harness.database.call(
+        lambda s: downloads.install_notify(s, token, b"900 Success", datetime(2026, 1, 1))
+    )
+
+    assert harness.job()["state"] == "queued"
+    late = harness.events("install-notify-late")
+    assert len(late) == 1
+    assert late[0]["install_status"] == 900
+    assert harness.events("installed") == []
+    assert harness.events("succeeded") == []

@@ -132,6 +132,17 @@ def install_notify(db: Session, token: str, body: bytes, now: datetime) -> tuple
             state=job.state,
         )
         raise InstallNotifyConflict(f"job {job.id} is already {job.state}")
+    if job.state == "queued":
+        # The session-less delivery was given up and the job waits for a DM
+        # session, which reads the installed version itself. The late
+        # notify is kept as an event but moves the job nowhere.
+        jobs.record_event(db, job, "install-notify-late", now, install_status=code, text=text)
+        log.warn(
+            "install notify {code} for job {job_id}, which is queued again; recorded only",
+            code=code,
+            job_id=job.id,
+        )
+        return code, text
     job.install_status = code
     if code == 900:
         jobs.advance(db, job, "installed", now, install_status=code)
