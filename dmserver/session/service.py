@@ -257,12 +257,12 @@ def _msg_id_advances(last: str | None, current: str) -> bool:
 
 
 def _prune_sessions(db: Session, device_id: str, now: datetime) -> None:
-    db.execute(
-        delete(DmSession).where(
-            DmSession.device_id == device_id,
-            DmSession.updated_at < now - SESSION_RETENTION,
-        )
-    )
+    stale = (DmSession.device_id == device_id, DmSession.updated_at < now - SESSION_RETENTION)
+    # Read first: a DELETE takes SQLite's single write lock even when it
+    # matches nothing, and most sessions find nothing to prune.
+    if db.scalars(select(DmSession.id).where(*stale).limit(1)).first() is None:
+        return
+    db.execute(delete(DmSession).where(*stale))
 
 
 def _header_only_reply(decoded: DecodedMessage, status: int, settings: ServerSettings) -> HttpReply:

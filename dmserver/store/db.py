@@ -82,7 +82,10 @@ class Database:
     def start_threadpool(self, reactor) -> None:
         from twisted.python.threadpool import ThreadPool
 
-        self._threadpool = ThreadPool(minthreads=1, maxthreads=DB_THREADS, name="db")
+        # SQLite admits one writer at a time: more threads only queue on its
+        # lock and lengthen the latency tail (docs/benchmarks.md).
+        threads = 1 if self.url.startswith("sqlite") else DB_THREADS
+        self._threadpool = ThreadPool(minthreads=1, maxthreads=threads, name="db")
         self._threadpool.start()
         reactor.addSystemEventTrigger("during", "shutdown", self._threadpool.stop)
         self._reactor = reactor
