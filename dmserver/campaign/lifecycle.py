@@ -794,6 +794,7 @@ def expire_stale_jobs(
     ).all()
     if not rows:
         return 0
+
     changes: dict[tuple[int, str], int] = defaultdict(int)
     for member, _job in rows:
         changes[(member.wave, member.status)] -= 1
@@ -809,6 +810,7 @@ def expire_stale_jobs(
         if job.state not in jobs.FINAL_STATES:
             job.result_text = NO_RESPONSE
             jobs.set_state(session, job, "cancelled", now, by="campaign", reason=NO_RESPONSE)
+
     record(session, campaign, "jobs_expired", now, count=len(rows),
            timeout_seconds=timeout_seconds)
     logger.warning(

@@ -305,6 +305,7 @@ class PushDispatcher:
                 error,
             )
         self._outage_failures += 1
+
         logger.debug(
             "push %d for job %s to %s failed: %s", attempt, job.job_id, job.msisdn, error
         )
@@ -314,6 +315,7 @@ class PushDispatcher:
         self._report(job.job_id, attempt, PushOutcome.GATEWAY_ERROR, error)
         if not job.active:
             return
+
         if job.gateway_failures > self._max_gateway_retries:
             self._jobs.pop(job.job_id, None)
             job.active = False
