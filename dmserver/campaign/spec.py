@@ -233,6 +233,13 @@ def parse_waves(value: Any) -> list[Wave]:
     waves = [parse_wave(item, f"waves[{index}]") for index, item in enumerate(value)]
     for index in range(1, len(waves)):
         before, after = waves[index - 1], waves[index]
+        if before.percent is not None and after.percent is None:
+            # A percentage grows with the fleet and a count does not.
+            raise ValidationError(
+                f"waves[{index}]",
+                f"waves are cumulative and must grow: the device count {after.text} "
+                f"follows the percentage {before.text}; put device counts first",
+            )
         same_kind = (before.percent is None) == (after.percent is None)
         if same_kind and (after.percent or after.count) <= (before.percent or before.count):
             raise ValidationError(

@@ -519,7 +519,7 @@ def _apply_job_effect(db: Session, device: Device, effect, now: datetime) -> Non
             detail=effect.detail,
         )
         retry_after = policy.retry_after if policy is not None else 3600
-        defer_job(db, job, effect.reason, retry_after, now)
+        defer_job(db, job, effect.reason, retry_after, now, detail=effect.detail)
     elif isinstance(effect, engine.JobAlreadyAtTarget):
         job.result_text = f"device already runs {effect.version}"
         jobs.set_state(db, job, "succeeded", now, reason="already at target version")
