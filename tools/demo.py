@@ -21,8 +21,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from demo_support import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "fixtures" / "firmware"
@@ -33,7 +34,6 @@ MANUFACTURER = "Example Handsets"
 DEVICE = "IMEI:490154203237518"
 CLIENT_PASSWORD = "demo-client-secret"
 SERVER_PASSWORD = "demo-server-secret"
-SERVER_START_TIMEOUT = 30
 
 
 def step(text: str) -> None:
@@ -47,25 +47,6 @@ def run(command: list[str]) -> str:
     if result.returncode != 0:
         raise SystemExit(f"demo: failed: {' '.join(command[2:])} exited with {result.returncode}")
     return result.stdout
-
-
-def start_server(base: list[str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
-        base + ["serve", "--host", "127.0.0.1", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        cwd=ROOT,
-    )
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        line = process.stdout.readline().decode()
-        if "listening on" in line:
-            return process, line.split("listening on ", 1)[1].split()[0]
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise SystemExit(f"demo: failed: the server did not start; see {log_path}")
 
 
 def _option(args: list[str], name: str) -> str | None:
@@ -113,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         step(f"queueing a FOTA job {DEVICE} -> {NEW[0]}")
         run(dmserver + ["job", "fota", DEVICE, "--version", NEW[0]])
 
-        server, url = start_server(dmserver, work / "server.log")
+        server, url = start_server(
+            dmserver + ["serve", "--host", "127.0.0.1", "--port", "0"], work / "server.log", "demo"
+        )
         step(f"server listening on {url}; log in {work / 'server.log'}")
 
         state_dir = work / "phone"

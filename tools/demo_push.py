@@ -29,8 +29,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from demo_support import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "fixtures" / "firmware"
@@ -42,7 +43,6 @@ DEVICE = "IMEI:490154203237518"
 MSISDN = "+15550100"
 CLIENT_PASSWORD = "demo-client-secret"
 SERVER_PASSWORD = "demo-server-secret"
-SERVER_START_TIMEOUT = 30
 # Seconds the phone waits for an acceptable push.
 PHONE_PUSH_TIMEOUT = 120
 LAB_ENV = "DMSERVER_KANNEL_SENDSMS_URL"
@@ -61,20 +61,6 @@ def run(command: list[str], env: dict[str, str] | None = None) -> str:
             f"demo-push: failed: {' '.join(command[2:6])} ... exited with {result.returncode}"
         )
     return result.stdout
-
-
-def start_server(command: list[str], log_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    log = open(log_path, "wb")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, cwd=ROOT, env=env)
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        line = process.stdout.readline().decode()
-        if "listening on" in line:
-            return process, line.split("listening on ", 1)[1].split()[0]
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise SystemExit(f"demo-push: failed: the server did not start; see {log_path}")
 
 
 def relaunch_in_lab(argv: list[str]) -> int:
@@ -193,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--push-scan-interval", "1",
             ],
             work / "server.log",
+            "demo-push",
             server_env,
         )
         step(f"server listening on {url}, pushing through Kannel sendsms at {sendsms_url}")
