@@ -125,7 +125,7 @@ def schedule_background_loops(db: Database, reactor=None) -> None:
 def build_push_service(
     db: Database, config: ServerConfig, settings: ServerSettings, reactor
 ) -> PushService | None:
-    """Return the push service ``config.push`` asks for, or None.
+    """Return the push service that ``config.push`` configures, or None.
 
     Raises:
         ValueError: the gateway lacks the credentials it needs.
@@ -153,7 +153,7 @@ class _ListeningService(internet.TCPServer):
 
 
 def make_service(config: ServerConfig, reactor=None) -> service.Service:
-    """The TCP service for twistd, with the push service when one is configured."""
+    """Build the TCP service for twistd, with the push service when one is configured."""
     if reactor is None:
         from twisted.internet import reactor
     db = open_database(config)

@@ -556,7 +556,7 @@ def _add_push_options(serve: argparse.ArgumentParser) -> None:
         "--push-retry-window",
         type=float,
         default=push.DEFAULT_RETRY_WINDOW,
-        help="seconds a phone has to answer the first push before the next one (default: %(default)s)",
+        help="seconds a phone has to open a session after the first push before the next one (default: %(default)s)",
     )
     group.add_argument(
         "--push-backoff", type=float, default=push.DEFAULT_BACKOFF, help="factor applied to each later window (default: %(default)s)"

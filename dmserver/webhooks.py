@@ -332,7 +332,7 @@ class WebhookSender:
             return finished
 
         d.addCallback(answered)
-        # The timeout comes after answered, so it covers the body as well:
+        # The timeout is added after the response callback, so it covers the body as well:
         # cancelling d cancels the readBody Deferred it waits on, and that
         # aborts the connection.
         d.addTimeout(REQUEST_TIMEOUT_SECONDS, self.reactor)

@@ -518,7 +518,7 @@ def test_resume_acknowledges_failures_for_success(db):
 
 
 def test_count_after_percentage_rejected(db):
-    # Rejected when the spec is parsed, so the API and CLI answer 422 / an error line.
+    # Rejected when the spec is parsed, so the API returns 422 and the CLI prints an error line.
     with pytest.raises(ValidationError) as raised:
         parse_spec({"name": "mixed", "target_version": TARGET,
                     "selection": {"models": [MODEL]}, "waves": ["50%", "10", "100%"]})

@@ -107,7 +107,7 @@ def test_every_client_command_gets_status_with_refs():
     refs = [(s.cmd_ref, s.cmd, s.msg_ref) for s in statuses(outcome.reply)]
     assert refs == [("0", "SyncHdr", "1"), ("1", "Alert", "1"), ("2", "Replace", "1")]
     replace_status = statuses(outcome.reply)[2]
-    # One Status answers both Items, so it names neither.
+    # One Status covers both Items, so it names neither.
     assert replace_status.source_refs == []
 
 
@@ -338,7 +338,7 @@ def test_duplicate_cmd_ids_answered_one_by_one():
 
 
 def discovery_answers(first, values: dict[str, str | None]) -> Message:
-    """Answer every Get of ``first``: a value, or 404 for None."""
+    """Build the client's reply to every Get of ``first``: a value, or 404 for None."""
     commands = []
     for get in (c for c in first.reply.commands if c.name == "Get"):
         target = get.items[0].target

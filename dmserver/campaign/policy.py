@@ -18,7 +18,7 @@ a value that is not a number) does not block the update, and the verdict's
 ``unknown`` lists it.
 
 Carrier extension nodes are written only when the model's entry names them
-and the device answered the Get of that node with 200, so a device without
+and the device returned 200 for the Get of that node, so a device without
 them is not sent a Replace that it would reject.
 """
 

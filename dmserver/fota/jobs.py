@@ -10,7 +10,7 @@ States, in order:
            -> installed -> succeeded | failed
 
 ``delivered`` means the Replace of PkgURL and the Exec were sent; ``accepted``
-that the device answered the Exec with 202; ``downloading`` and
+that the device returned 202 for the Exec; ``downloading`` and
 ``downloaded`` follow the descriptor and package requests; ``installed`` is
 an install notify of 900. Any state before a final one can go to ``failed``
 or ``cancelled``. The functions here run inside a database transaction.

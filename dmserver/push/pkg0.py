@@ -96,7 +96,7 @@ class ResyncNonce(enum.Enum):
 
 @dataclass(frozen=True)
 class NotificationProfile:
-    """What a family of clients accepts in Package 0.
+    """Package 0 settings that a family of clients accepts.
 
     Attributes:
         version: value of the 10-bit version field.

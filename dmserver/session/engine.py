@@ -16,7 +16,7 @@ Server side of a FOTA session (OMA DM 1.2 with FUMO 1.0):
   learn the source version and the FUMO node name.
 - Package 4 Replaces <node>/DownloadAndUpdate/PkgURL with the job's download
   descriptor URL and Execs <node>/DownloadAndUpdate with a Correlator.
-- The device answers 202, downloads and installs outside the session and
+- The device responds 202, downloads and installs outside the session and
   reports a Generic Alert (1226) later, which closes the job.
 - A server message with Final and no command needing a reply ends the
   session.
@@ -662,9 +662,9 @@ def _interrupt_large_in(state: SessionState, reply: _Reply) -> None:
 def _reassemble(command: Command, state: SessionState, ctx: Context, reply: _Reply, msg_id: str) -> Command | None:
     """Collect chunks of a large object; return the whole command when complete.
 
-    Replace and Add chunks are answered 213; the last one 200, or 424 when
-    the total differs from the Meta Size of the first chunk. An object above
-    the server's MaxObjSize is answered 413.
+    The Status of each Replace or Add chunk is 213, of the last one 200, or
+    424 when the total differs from the Meta Size of the first chunk. An
+    object above the server's MaxObjSize gets 413.
     """
     item = command.items[0] if len(command.items) == 1 else None
     key = (item.source or item.target) if item else None

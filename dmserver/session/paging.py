@@ -14,11 +14,10 @@ the wire in XML or WBXML.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from ..syncml.model import Command, Item, Message, Meta, command_from_json, command_to_json
+from ..syncml.model import Command, Item, Meta, command_from_json, command_to_json
 
 # A chunk is only worth sending when this many data bytes fit; otherwise the
 # command waits for the next message.
@@ -91,10 +90,6 @@ class FitResult:
     @property
     def complete(self) -> bool:
         return not self.outbox and self.large is None
-
-
-class ObjectTooLarge(ValueError):
-    pass
 
 
 def _inline_bytes(planned: Planned) -> bytes | None:
@@ -267,7 +262,3 @@ class Fitter:
         large.awaiting_ack = True
         last = large.offset >= large.total
         return command, (large.planned.purpose if last else "chunk")
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")

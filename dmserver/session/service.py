@@ -2,7 +2,7 @@
 
 :func:`process_request` runs in the database thread pool, inside one
 transaction: it decodes the body, finds or creates the stored session,
-answers a retransmitted message with the stored reply, loads the device and
+responds to a retransmitted message with the stored reply, loads the device and
 its job, runs the sans-IO engine and stores every effect together with the
 new session state and the reply. A failure anywhere rolls the transaction
 back, so nothing already stored is lost.
@@ -46,7 +46,7 @@ from . import engine
 log = Logger(namespace="dmserver.session")
 
 # A message without a session token that repeats the bytes of a message
-# answered this recently is treated as a retransmission.
+# processed this recently is treated as a retransmission.
 REPLAY_WINDOW = timedelta(minutes=15)
 HMAC_HEADER = "x-syncml-hmac"
 SESSION_TOKEN_BYTES = 16
@@ -109,8 +109,8 @@ def process_request(
         )
         return _header_only_reply(decoded, version_status, settings)
 
-    # Step 3: find the stored session, or answer a retransmission. A stored
-    # reply only ever goes back to the device the session belongs to.
+    # Step 3: find the stored session, or replay the stored reply to a
+    # retransmission. A stored reply only goes back to the session's device.
     stored = _find_session(db, token, header, body_sha, now)
     if stored is not None and stored.device_id != header.source:
         log.warn(

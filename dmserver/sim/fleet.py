@@ -99,7 +99,7 @@ class FirmwareShare:
 
 @dataclass
 class FleetSpec:
-    """What the phones of a fleet look like."""
+    """Description of the phones of a fleet."""
 
     count: int
     model: str
@@ -251,7 +251,7 @@ class ApiClient:
 
 
 class FailurePlan:
-    """Which phones report an injected failure, and with which code."""
+    """Injected failures: which phones report one, and with which code."""
 
     def __init__(self, shares: dict[int, float] | None = None, salt: str = "fleet"):
         for code in (shares or {}):
